@@ -1,0 +1,251 @@
+"""Typed, validated experiment config: YAML files plus dotted ``KEY=VALUE`` overrides.
+
+Every field has a default, so an empty config is the embedded default experiment (digits).
+Mistakes become :class:`~kdgen.errors.ConfigError` with one line that names the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdgen.errors import ConfigError
+
+ARMS = ("baseline", "strict", "tolerant")
+Arm = Literal["baseline", "strict", "tolerant"]
+
+
+class _Strict(BaseModel):
+    # extra="forbid" turns a misspelt key into an error instead of a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    """Training augmentation; ``None`` keeps the data source's recommendation."""
+
+    translate: int | None = Field(None, ge=0, le=64)
+    hflip: bool | None = None
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    root: str | None = None
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    augment: AugmentConfig = AugmentConfig()
+    # synthetic data only
+    num_train: int = Field(512, ge=2)
+    num_test: int = Field(128, ge=1)
+    image_size: int = Field(32, ge=4, le=1024)
+    channels: int = Field(3, ge=1, le=16)
+    num_classes: int = Field(10, ge=2)
+    # image folders: training crop and evaluation resize/crop sizes
+    train_crop: int = Field(224, ge=8)
+    eval_resize: int = Field(256, ge=8)
+    eval_crop: int = Field(224, ge=8)
+
+    @field_validator("name")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from kdgen.data import names
+
+        if value not in names():
+            raise ValueError(f"unknown data source {value!r}; choose one of {', '.join(names())}")
+        return value
+
+
+class ModelConfig(_Strict):
+    name: str = "cnn"
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from kdgen.models import names
+
+        if value not in names():
+            close = difflib.get_close_matches(value, names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown model {value!r}{hint}; see `kdgen models`")
+        return value
+
+
+class TrainConfig(_Strict):
+    """The per-generation recipe: every generation (and every baseline model) uses it afresh."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_batch_size: int = Field(1024, ge=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < m < 1.0 for m in value) or value != sorted(value):
+            raise ValueError("milestones are increasing fractions of the epochs, each in (0, 1)")
+        return value
+
+
+class GenerationsConfig(_Strict):
+    count: int = Field(3, ge=0, le=100)
+    arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
+
+    @field_validator("arms")
+    @classmethod
+    def _unique_arms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one arm is needed")
+        if len(set(value)) != len(value):
+            raise ValueError("arms must not repeat")
+        return value
+
+
+class ToleranceConfig(_Strict):
+    """How the tolerant arm's teacher is made tolerant. ``eta`` is the term's strength for every method:
+    TSD weight, label-smoothing epsilon, or confidence-penalty weight."""
+
+    method: Literal["tsd", "label-smoothing", "confidence-penalty", "none"] = "tsd"
+    eta: float = Field(0.4, ge=0.0)
+    k: int = Field(3, ge=2)
+    primary: Literal["top1", "target"] = "top1"
+    apply_to: Literal["patriarch", "all"] = "patriarch"
+
+    @model_validator(mode="after")
+    def _smoothing_range(self) -> "ToleranceConfig":
+        if self.method == "label-smoothing" and self.eta >= 1.0:
+            raise ValueError("with method label-smoothing, eta is the smoothing epsilon and must be < 1")
+        return self
+
+
+class DistillConfig(_Strict):
+    weight: float = Field(0.5, ge=0.0, le=1.0)
+    temperature: float = Field(4.0, gt=0.0)
+
+
+class LogConfig(_Strict):
+    tensorboard: bool = False
+    progress: bool = True
+
+
+class Config(_Strict):
+    """The whole experiment. ``kdgen run`` with no config uses these defaults."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    generations: GenerationsConfig = GenerationsConfig()
+    tolerance: ToleranceConfig = ToleranceConfig()
+    distill: DistillConfig = DistillConfig()
+    log: LogConfig = LogConfig()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("at least one seed is needed")
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must not repeat")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        parent_path, _, leaf = location.rpartition(".")
+        known = _known_keys(parent_path)
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f" (did you mean {'.'.join(filter(None, [parent_path, close[0]]))!r}?)" if close else ""
+        return f"{source}: unknown key {location!r}{hint}"
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: {location}: {message}{shown}"
+
+
+def _known_keys(dotted_parent: str) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in filter(None, dotted_parent.split(".")):
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into the key path and the value parsed as a YAML scalar or list."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form KEY=VALUE (e.g. train.epochs=5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each dotted override set (nested dicts are created as needed)."""
+    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load`` (never constructs Python objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist" if not path.exists()
+                          else f"config path {str(path)!r} is not a file")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    if loaded is None:
+        raise ConfigError(f"config file {str(path)!r} is empty")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not a {type(loaded).__name__}")
+    return loaded
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a nested dict into a :class:`Config`, raising a one-line :class:`ConfigError`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    return build_config(apply_overrides(raw, overrides or []), source)

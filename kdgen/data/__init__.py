@@ -1,0 +1,69 @@
+"""Data sources behind one small interface.
+
+A source is a function ``load(cfg: DataConfig) -> SourceData`` registered under a name with
+:func:`register`. :func:`load_bundle` loads one and holds out the validation split.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Callable
+
+from kdgen.data.base import AugmentSpec, DataBundle, SourceData, Split, make_bundle
+
+if TYPE_CHECKING:
+    from kdgen.config import DataConfig
+
+_SOURCES: dict[str, Callable[["DataConfig"], SourceData]] = {}
+# Modules that register sources when imported; listed here so `names()` is complete without
+# importing heavy dependencies at start-up order surprises.
+_SOURCE_MODULES = ("kdgen.data.builtin", "kdgen.data.idx", "kdgen.data.cifar", "kdgen.data.imagefolder")
+
+
+def register(name: str) -> Callable[[Callable[["DataConfig"], SourceData]], Callable[["DataConfig"], SourceData]]:
+    """Decorator: register a loader ``cfg -> SourceData`` under ``name``."""
+
+    def wrap(loader: Callable[["DataConfig"], SourceData]) -> Callable[["DataConfig"], SourceData]:
+        if name in _SOURCES and _SOURCES[name] is not loader:
+            raise ValueError(f"data source {name!r} is registered twice")
+        _SOURCES[name] = loader
+        return loader
+
+    return wrap
+
+
+def _import_sources() -> None:
+    for module in _SOURCE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a real import error inside an existing module
+                raise
+
+
+def names() -> list[str]:
+    """Names of the registered data sources."""
+    _import_sources()
+    return sorted(_SOURCES)
+
+
+def load_source(cfg: "DataConfig") -> SourceData:
+    """Run the loader registered as ``cfg.name``."""
+    _import_sources()
+    source = _SOURCES[cfg.name](cfg)
+    source.check_labels(cfg.name)
+    return source
+
+
+def load_bundle(cfg: "DataConfig") -> DataBundle:
+    """Load the source named in ``cfg``, split off validation data, and apply augmentation overrides."""
+    source = load_source(cfg)
+    augment = AugmentSpec(
+        translate=source.augment.translate if cfg.augment.translate is None else cfg.augment.translate,
+        hflip=source.augment.hflip if cfg.augment.hflip is None else cfg.augment.hflip,
+    )
+    source.augment = augment
+    return make_bundle(source, cfg.val_fraction, cfg.split_seed)
+
+
+__all__ = ["AugmentSpec", "DataBundle", "SourceData", "Split", "load_bundle", "load_source", "names", "register"]

@@ -1,0 +1,161 @@
+"""The data-source interface: what every source returns, and the train/val split.
+
+A *source* turns files (or nothing, for built-in data) into :class:`SourceData`: uint8 image
+tensors of shape ``(N, C, H, W)`` and int64 labels for the official train and test splits.
+The training loop keeps these tensors resident on the device and augments them in batch, so
+sources never normalise or convert to float (a float32 copy would be 4x the memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from kdgen.errors import DataError
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Batch augmentation applied on the device during training (never at evaluation).
+
+    ``translate``: random shift of up to this many pixels in each direction, with zero padding
+    (the classic "pad and random-crop"). ``hflip``: random horizontal flip, only for data where
+    a mirrored image is still the same class (not digits or MNIST).
+    """
+
+    translate: int = 0
+    hflip: bool = False
+
+
+@dataclass
+class Split:
+    """Images ``(N, C, H, W)`` uint8 and labels ``(N,)`` int64 of one split."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(f"images must be a uint8 tensor of shape (N, C, H, W), got {self.images.dtype} "
+                            f"{tuple(self.images.shape)}")
+        if self.labels.dim() != 1 or len(self.labels) != len(self.images):
+            raise DataError(f"{len(self.images)} images but labels of shape {tuple(self.labels.shape)}")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class SourceData:
+    """What a data source returns: the official train and test splits and their description.
+
+    ``mean``/``std`` are per-channel, in [0, 1] units; when ``None`` they are computed from the
+    training split. ``augment`` is the source's recommended training augmentation.
+    """
+
+    train: Split
+    test: Split
+    class_names: list[str]
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    def check_labels(self, where: str) -> None:
+        """Raise :class:`DataError` if any label lies outside ``[0, num_classes)``."""
+        for name, split in (("train", self.train), ("test", self.test)):
+            if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= self.num_classes):
+                raise DataError(f"{where}: {name} labels outside 0..{self.num_classes - 1}")
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits ready for training, with normalisation and augmentation settings."""
+
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: AugmentSpec
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units of uint8 images, computed in chunks (no float copy)."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(images), 4096):
+        chunk = images[start:start + 4096].to(torch.float64) / 255.0
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += (chunk * chunk).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def stratified_val_split(labels: torch.Tensor, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train_idx, val_idx)`` holding out ``val_fraction`` of every class.
+
+    Deterministic in ``split_seed`` alone, so every seed and arm of a run sees the same split.
+    """
+    rng = np.random.default_rng(split_seed)
+    labels_np = labels.cpu().numpy()
+    train_idx: list[np.ndarray] = []
+    val_idx: list[np.ndarray] = []
+    for cls in np.unique(labels_np):
+        members = np.flatnonzero(labels_np == cls)
+        rng.shuffle(members)
+        n_val = int(round(len(members) * val_fraction))
+        if val_fraction > 0 and len(members) > 1:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val_idx.append(members[:n_val])
+        train_idx.append(members[n_val:])
+    train = np.sort(np.concatenate(train_idx))
+    val = np.sort(np.concatenate(val_idx))
+    return torch.from_numpy(train), torch.from_numpy(val)
+
+
+def make_bundle(source: SourceData, val_fraction: float, split_seed: int = 0) -> DataBundle:
+    """Hold out a stratified validation split from the training data and fix normalisation."""
+    train_idx, val_idx = stratified_val_split(source.train.labels, val_fraction, split_seed)
+    train = source.train.subset(train_idx)
+    val = source.train.subset(val_idx)
+    if source.mean is not None and source.std is not None:
+        mean, std = source.mean, source.std
+    else:
+        mean, std = channel_stats(train.images)
+    return DataBundle(train=train, val=val, test=source.test, class_names=list(source.class_names),
+                      mean=tuple(mean), std=tuple(std), augment=source.augment)
+
+
+# A loader takes the data config (kdgen.config.DataConfig) and returns SourceData.
+SourceLoader = Callable[..., SourceData]

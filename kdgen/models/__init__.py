@@ -1,0 +1,62 @@
+"""A registry of classifiers: ``build(name, num_classes, in_channels)`` returns a fresh ``nn.Module``.
+
+Every model maps ``(N, in_channels, H, W)`` float images to ``(N, num_classes)`` logits and
+accepts any input size its architecture allows (global average pooling before the classifier).
+Register new ones with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from torch import nn
+
+ModelFactory = Callable[..., nn.Module]
+
+_MODELS: dict[str, ModelFactory] = {}
+_MODEL_MODULES = ("kdgen.models.small", "kdgen.models.resnet_cifar", "kdgen.models.wide_resnet",
+                  "kdgen.models.densenet", "kdgen.models.resnet_imagenet")
+
+
+def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: register ``factory(num_classes, in_channels) -> nn.Module`` under ``name``."""
+
+    def wrap(factory: ModelFactory) -> ModelFactory:
+        if name in _MODELS and _MODELS[name] is not factory:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = factory
+        return factory
+
+    return wrap
+
+
+def _import_models() -> None:
+    for module in _MODEL_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def names() -> list[str]:
+    """Sorted names of the registered models."""
+    _import_models()
+    return sorted(_MODELS)
+
+
+def build(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """A freshly initialised model ``name`` with ``num_classes`` outputs for ``in_channels`` inputs."""
+    _import_models()
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name](num_classes=num_classes, in_channels=in_channels)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["build", "count_parameters", "names", "register"]
