@@ -9,12 +9,12 @@ from kdgen.models import register
 
 
 class MLP(nn.Module):
-    """Two hidden layers on the flattened image; the input size is inferred on the first call."""
+    """Two hidden layers on the image average-pooled to 8x8, so any input size works."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, hidden: int = 256) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(in_channels * 64, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
         )
 

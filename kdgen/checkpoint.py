@@ -1,0 +1,80 @@
+"""Weights in safetensors and metadata in JSON, written atomically; loading never runs code."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kdgen.errors import CheckpointError
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``: a crash leaves old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomically write ``payload`` as indented JSON."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    """Read JSON written by kdgen; anything else is a :class:`CheckpointError` naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
+
+
+def save_model(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
+    """Save ``model``'s state dict as safetensors with string metadata (values JSON-encoded)."""
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    meta = {key: json.dumps(value) for key, value in metadata.items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors checkpoint and its metadata; refuse anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            raw_meta = handle.metadata() or {}
+        metadata = {key: json.loads(value) for key, value in raw_meta.items()}
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    return state, metadata
+
+
+def load_model(model: nn.Module, path: Path) -> dict[str, Any]:
+    """Load weights from ``path`` into ``model`` (strict) and return the metadata."""
+    state, metadata = load_state(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0][:160]})") from None
+    return metadata

@@ -1,0 +1,115 @@
+"""Command line: ``kdgen run``, ``kdgen report``, ``kdgen models``, ``kdgen sources``.
+
+User mistakes (:class:`~kdgen.errors.UserError`) print one line on stderr and exit 2; anything
+else is an internal failure with a traceback and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kdgen import __version__
+from kdgen.errors import UserError
+
+EPILOG = """examples:
+  kdgen run                                   # embedded default: digits, 3 arms, 3 seeds, 3 generations
+  kdgen run --config configs/fashion-mnist.yaml --out runs/fmnist
+  kdgen run train.epochs=2 tolerance.eta=0.5 seeds=[0,1]
+  kdgen report runs/fmnist
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdgen", description="Knowledge distillation in generations with tolerant "
+                                     "teachers: compare tolerant, strict (born-again) and independent models.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"kdgen {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run a whole experiment (all arms, seeds and generations)",
+                              description="Run a whole experiment and write config.yaml, results.json, report.md/html, "
+                              "plots and safetensors checkpoints to the output folder.",
+                              epilog="Every config field can be overridden as a dotted KEY=VALUE, values parsed as YAML: "
+                              "train.epochs=2 tolerance.eta=0.5 seeds=[0,1] data.name=synthetic. See README for all keys.")
+    run.add_argument("--config", type=Path, metavar="FILE", help="YAML config (default: the embedded digits experiment)")
+    run.add_argument("--out", type=Path, metavar="DIR", help="output folder, new or empty (default: a new folder under runs/)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out DIR")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (same as log.progress=false)")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+
+    report = commands.add_parser("report", help="(re)build the report of a finished or partial run folder",
+                                 description="Rebuild report.md, report.html and plots/ from DIR/results.json.")
+    report.add_argument("run_dir", type=Path, metavar="DIR")
+
+    commands.add_parser("models", help="list the registered model names")
+    commands.add_parser("sources", help="list the data sources")
+    config = commands.add_parser("config", help="print the resolved config (defaults + file + overrides) as YAML")
+    config.add_argument("--config", type=Path, metavar="FILE")
+    config.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kdgen.config import load_config
+    from kdgen.runner import run_experiment
+
+    overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
+    cfg = load_config(args.config, overrides)
+    if args.resume:
+        raise UserError("--resume is not supported yet: start a new run with a new --out folder")
+    run_experiment(cfg, args.out)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from kdgen.report import build_report, console_summary, load_rows
+
+    rows = load_rows(args.run_dir)
+    path = build_report(args.run_dir, rows)
+    print(console_summary(rows))
+    print(f"\nreport: {path}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from kdgen.config import load_config
+
+    print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kdgen`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "config":
+            return _config(args)
+        if args.command == "models":
+            from kdgen.models import names
+
+            print("\n".join(names()))
+            return 0
+        if args.command == "sources":
+            from kdgen.data import names as source_names
+
+            print("\n".join(source_names()))
+            return 0
+    except UserError as exc:
+        print(f"kdgen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdgen: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

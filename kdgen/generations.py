@@ -1,0 +1,172 @@
+"""The generations driver: for every seed and arm, a patriarch and its students, then evaluation.
+
+Arms:
+- ``baseline``: ``count + 1`` independent models, cross-entropy only (the no-distillation reference
+  and the control for ensembles).
+- ``strict``: patriarch with cross-entropy; generation g learns from generation g - 1.
+- ``tolerant``: as strict, but the patriarch (or, with ``apply_to: all``, every generation) also
+  minimises the tolerance term (TSD by default).
+
+Ensembles average the softmax of generations ``1..g`` (students only; for the baseline, models
+``1..g``), so an ensemble of k generations is compared with an ensemble of k independent models.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdgen.augment import Normalizer
+from kdgen.checkpoint import save_model
+from kdgen.config import Config
+from kdgen.data.base import DataBundle
+from kdgen.metrics import classification_metrics, predict_probs
+from kdgen.objective import GenerationObjective, Tolerance
+from kdgen.train import EpochLog, freeze_teacher, resolve_device, train_generation
+
+ModelFactory = Callable[[], nn.Module]
+Row = dict[str, object]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One model to train: an (arm, seed, generation) triple."""
+
+    arm: str
+    seed: int
+    generation: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}-seed{self.seed}-gen{self.generation}"
+
+    @property
+    def stream_seed(self) -> int:
+        """Seed of this unit's own RNG stream (init, batch order, augmentation).
+
+        Derived from (seed, arm, generation) with NumPy's SeedSequence, so streams never overlap
+        and adding an arm or a generation does not shift the others. crc32 keeps arm codes stable
+        across Python processes (``hash`` of a str is salted).
+        """
+        entropy = [self.seed, zlib.crc32(self.arm.encode()), self.generation]
+        return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
+
+
+def objective_for(cfg: Config, arm: str, generation: int) -> GenerationObjective:
+    """The loss recipe of ``arm`` at ``generation``."""
+    tolerance = None
+    if cfg.tolerance.method != "none" and arm == "tolerant" and (generation == 0 or cfg.tolerance.apply_to == "all"):
+        tolerance = Tolerance(cfg.tolerance.method, cfg.tolerance.eta, cfg.tolerance.k, cfg.tolerance.primary)
+    distills = arm != "baseline" and generation > 0
+    return GenerationObjective(tolerance=tolerance, distill_weight=cfg.distill.weight if distills else 0.0,
+                               temperature=cfg.distill.temperature)
+
+
+def units(cfg: Config) -> list[Unit]:
+    """Every unit of the run, in the order they are trained."""
+    return [Unit(arm, seed, g) for seed in cfg.seeds for arm in cfg.generations.arms
+            for g in range(cfg.generations.count + 1)]
+
+
+def _rows(unit: Unit, kind: str, split: str, metrics: dict[str, float]) -> Row:
+    return {"arm": unit.arm, "generation": unit.generation, "kind": kind, "seed": unit.seed, "split": split, **metrics}
+
+
+class GenerationsRunner:
+    """Trains every unit of ``cfg`` on ``data`` with models from ``model_factory``.
+
+    ``out_dir``, when given, receives a safetensors checkpoint per unit under ``checkpoints/``.
+    ``on_rows`` is called with every unit's new result rows (the CLI uses it to save partial
+    results as it goes).
+    """
+
+    def __init__(self, cfg: Config, data: DataBundle, model_factory: ModelFactory, *, out_dir: Path | None = None,
+                 model_name: str = "custom", on_rows: Callable[[list[Row]], None] | None = None) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.model_factory = model_factory
+        self.out_dir = out_dir
+        self.model_name = model_name
+        self.on_rows = on_rows
+        self.device = resolve_device(cfg.train.device)
+        self.normalize = Normalizer(data.mean, data.std, self.device)
+        self.writer = None
+        if cfg.log.tensorboard and out_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def run(self) -> list[Row]:
+        """Train and evaluate every unit; return the tidy result rows."""
+        all_units = units(self.cfg)
+        rows: list[Row] = []
+        # Off a terminal (CI logs, files) redraw rarely instead of filling the log with updates.
+        interactive = sys.stderr.isatty()
+        with tqdm(total=len(all_units) * self.cfg.train.epochs, unit="epoch", disable=not self.cfg.log.progress,
+                  dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
+            for seed in self.cfg.seeds:
+                for arm in self.cfg.generations.arms:
+                    rows.extend(self.run_arm(arm, seed, bar))
+        if self.writer is not None:
+            self.writer.close()
+        return rows
+
+    def run_arm(self, arm: str, seed: int, bar: tqdm | None = None) -> list[Row]:
+        """Patriarch and students of one arm and seed (or the baseline's independent models)."""
+        rows: list[Row] = []
+        teacher: nn.Module | None = None
+        member_probs: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
+        for generation in range(self.cfg.generations.count + 1):
+            unit = Unit(arm, seed, generation)
+            student = self.train_unit(unit, teacher, bar)
+            new_rows = []
+            for split_name in ("val", "test"):
+                split = getattr(self.data, split_name)
+                probs = predict_probs(student, split.images, self.normalize, batch_size=self.cfg.train.eval_batch_size,
+                                      precision=self.cfg.train.precision)
+                new_rows.append(_rows(unit, "single", split_name, classification_metrics(probs, split.labels)))
+                if generation >= 1:
+                    member_probs[split_name].append(probs)
+                if len(member_probs[split_name]) >= 2:
+                    ensemble = torch.stack(member_probs[split_name]).mean(dim=0)
+                    new_rows.append(_rows(unit, "ensemble", split_name, classification_metrics(ensemble, split.labels)))
+            if self.out_dir is not None:
+                save_model(student, self.out_dir / "checkpoints" / f"{unit.name}.safetensors",
+                           {"arm": arm, "seed": seed, "generation": generation, "model": self.model_name,
+                            "num_classes": self.data.num_classes, "in_channels": self.data.channels})
+            rows.extend(new_rows)
+            if self.on_rows is not None:
+                self.on_rows(new_rows)
+            # The trained student becomes the next teacher; the next student is a new object.
+            teacher = freeze_teacher(student) if arm != "baseline" else None
+        return rows
+
+    def train_unit(self, unit: Unit, teacher: nn.Module | None, bar: tqdm | None = None) -> nn.Module:
+        """A fresh model trained for ``unit`` (initialised from the unit's own stream)."""
+        torch.manual_seed(unit.stream_seed)
+        student = self.model_factory().to(self.device)
+        if bar is not None:
+            bar.set_description(f"{unit.arm} seed {unit.seed} gen {unit.generation}")
+
+        def on_epoch(log: EpochLog) -> None:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in log.losses.items()}, refresh=False)
+            if self.writer is not None:
+                step = log.epoch
+                for name, value in log.losses.items():
+                    self.writer.add_scalar(f"{unit.name}/loss_{name}", value, step)
+                self.writer.add_scalar(f"{unit.name}/lr", log.lr, step)
+
+        train_generation(student, self.data, self.cfg.train, objective_for(self.cfg, unit.arm, unit.generation),
+                         seed=unit.stream_seed, teacher=teacher, device=self.device, on_epoch=on_epoch,
+                         where=f"arm {unit.arm}, seed {unit.seed}, generation {unit.generation}")
+        return student

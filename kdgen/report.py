@@ -1,0 +1,236 @@
+"""Summaries of results.json: mean ± std over seeds, paired tolerant − strict tests, report files.
+
+Everything here is a function of the tidy rows, so ``kdgen report DIR`` can rebuild the report
+of a finished or partial run at any time.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from scipy import stats
+
+from kdgen.checkpoint import read_json, write_json
+from kdgen.errors import CheckpointError
+
+Row = dict[str, object]
+METRICS = ("top1", "top5", "nll", "ece")
+ARM_ORDER = {"baseline": 0, "strict": 1, "tolerant": 2}
+
+
+def _key_order(arm: str) -> tuple[int, str]:
+    return ARM_ORDER.get(arm, 99), arm
+
+
+def summarize(rows: Iterable[Row]) -> list[dict[str, object]]:
+    """Mean, std (ddof=1) and count over seeds for every (split, kind, arm, generation) and metric."""
+    groups: dict[tuple, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[(row["split"], row["kind"], row["arm"], row["generation"])].append(row)
+    summary = []
+    for (split, kind, arm, generation), members in groups.items():
+        entry: dict[str, object] = {"split": split, "kind": kind, "arm": arm, "generation": generation, "n": len(members)}
+        for metric in METRICS:
+            values = np.array([m[metric] for m in members if metric in m], dtype=float)
+            if len(values):
+                entry[f"{metric}_mean"] = float(values.mean())
+                entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary.append(entry)
+    summary.sort(key=lambda e: (e["split"], e["kind"], _key_order(str(e["arm"])), e["generation"]))
+    return summary
+
+
+def paired_differences(rows: Iterable[Row], arm_a: str = "tolerant", arm_b: str = "strict", *, split: str = "test",
+                       kind: str = "single", metric: str = "top1") -> list[dict[str, object]]:
+    """``arm_a - arm_b`` per generation, paired by seed, with a two-sided paired t-test.
+
+    ``p`` is NaN with fewer than two seeds (or when every difference is identical).
+    """
+    values: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    for row in rows:
+        if row["split"] == split and row["kind"] == kind and metric in row:
+            values[(str(row["arm"]), int(row["generation"]))][int(row["seed"])] = float(row[metric])  # type: ignore[arg-type]
+    generations = sorted({g for (arm, g) in values if arm == arm_a} & {g for (arm, g) in values if arm == arm_b})
+    result = []
+    for generation in generations:
+        a, b = values[(arm_a, generation)], values[(arm_b, generation)]
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        diffs = np.array([a[s] - b[s] for s in seeds])
+        p_value = float("nan")
+        if len(seeds) >= 2 and np.ptp(diffs) > 0:
+            p_value = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+        result.append({"generation": generation, "n": len(seeds), "mean": float(diffs.mean()),
+                       "std": float(diffs.std(ddof=1)) if len(seeds) > 1 else 0.0, "p": p_value})
+    return result
+
+
+def best_unit(rows: Iterable[Row]) -> dict[str, object] | None:
+    """The single model to keep, chosen on the *val* split only.
+
+    First the (arm, generation) with the highest mean val top-1 over seeds, then its seed with the
+    highest val top-1 (ties: lower NLL).
+    """
+    val_rows = [r for r in rows if r["split"] == "val" and r["kind"] == "single"]
+    if not val_rows:
+        return None
+    means = {(e["arm"], e["generation"]): (e["top1_mean"], -e["nll_mean"]) for e in summarize(val_rows)}
+    arm, generation = max(means, key=lambda key: means[key])
+    candidates = [r for r in val_rows if r["arm"] == arm and r["generation"] == generation]
+    chosen = max(candidates, key=lambda r: (r["top1"], -float(r["nll"])))  # type: ignore[arg-type]
+    return {"arm": arm, "generation": generation, "seed": chosen["seed"], "val_top1": chosen["top1"],
+            "checkpoint": f"checkpoints/{arm}-seed{chosen['seed']}-gen{generation}.safetensors"}
+
+
+def _fmt(entry: dict[str, object] | None, metric: str, digits: int = 2) -> str:
+    if entry is None or f"{metric}_mean" not in entry:
+        return "–"
+    mean, std = float(entry[f"{metric}_mean"]), float(entry[f"{metric}_std"])  # type: ignore[arg-type]
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summary_table(summary: list[dict[str, object]], split: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one line per arm × generation, single and ensemble side by side."""
+    index = {(e["kind"], e["arm"], e["generation"]): e for e in summary if e["split"] == split}
+    has_top5 = any("top5_mean" in e for e in index.values())
+    header = ["arm", "gen", "n", "top1 single", "top1 ensemble"] + (["top5 single"] if has_top5 else []) + \
+             ["NLL single", "ECE single", "NLL ensemble"]
+    keys = sorted({(arm, gen) for (_, arm, gen) in index}, key=lambda k: (_key_order(str(k[0])), k[1]))
+    body = []
+    for arm, gen in keys:
+        single, ensemble = index.get(("single", arm, gen)), index.get(("ensemble", arm, gen))
+        line = [str(arm), str(gen), str(single["n"] if single else 0), _fmt(single, "top1"), _fmt(ensemble, "top1")]
+        if has_top5:
+            line.append(_fmt(single, "top5"))
+        line += [_fmt(single, "nll", 3), _fmt(single, "ece", 3), _fmt(ensemble, "nll", 3)]
+        body.append(line)
+    return header, body
+
+
+def _signed(value: float) -> str:
+    text = f"{value:+.2f}"
+    return "+0.00" if text == "-0.00" else text
+
+
+def diff_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]:
+    header = ["comparison", "gen", "n", "Δ top1 (points)", "p (paired t)"]
+    body = []
+    for label, arm_b, kind in (("tolerant − strict", "strict", "single"), ("tolerant − strict (ensemble)", "strict", "ensemble"),
+                               ("tolerant − baseline", "baseline", "single"),
+                               ("tolerant − baseline (ensemble)", "baseline", "ensemble")):
+        for d in paired_differences(rows, "tolerant", arm_b, split=split, kind=kind):
+            p = "n/a" if math.isnan(float(d["p"])) else f"{float(d['p']):.3f}"
+            body.append([label, str(d["generation"]), str(d["n"]), f"{_signed(float(d['mean']))} ± {float(d['std']):.2f}", p])
+    return header, body
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    return "\n".join(lines)
+
+
+def text_table(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *body)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*line) for line in body])
+
+
+def console_summary(rows: list[Row]) -> str:
+    """The test-split summary and tolerant − strict differences, as plain text for the terminal."""
+    summary = summarize(rows)
+    parts = []
+    for split in ("test",):
+        parts.append(f"{split} split (mean ± std over seeds; top1 in %):")
+        parts.append(text_table(*summary_table(summary, split)))
+        header, body = diff_table(rows, split)
+        if body:
+            parts.append("")
+            parts.append(text_table(header, body))
+    return "\n".join(parts)
+
+
+def load_rows(run_dir: Path) -> list[Row]:
+    """Rows of ``run_dir/results.json``; a missing or malformed file is a :class:`CheckpointError`."""
+    path = Path(run_dir) / "results.json"
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir}: not a run directory")
+    payload = read_json(path)
+    rows = payload.get("rows") if isinstance(payload, dict) else None
+    required = {"arm", "generation", "kind", "seed", "split", "top1", "nll", "ece"}
+    if not isinstance(rows, list) or any(not isinstance(r, dict) or not required <= set(r) for r in rows):
+        raise CheckpointError(f"{path}: not a kdgen results file (expected {{\"rows\": [...]}} with {sorted(required)})")
+    return rows
+
+
+def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: float | None = None) -> Path:
+    """Write ``report.md``, ``report.html``, ``summary.json`` and ``plots/*.png`` for ``run_dir``."""
+    from kdgen.plots import metric_plot
+
+    run_dir = Path(run_dir)
+    rows = load_rows(run_dir) if rows is None else rows
+    summary = summarize(rows)
+    plots = []
+    for split in ("test", "val"):
+        if any(e["split"] == split for e in summary):
+            plots.append(metric_plot(summary, split, "top1", run_dir / "plots" / f"top1_{split}.png", "top-1 accuracy (%)"))
+    if any(e["split"] == "test" for e in summary):
+        plots.append(metric_plot(summary, "test", "ece", run_dir / "plots" / "ece_test.png", "ECE"))
+    best = best_unit(rows)
+    seeds = sorted({int(r["seed"]) for r in rows})  # type: ignore[arg-type]
+    sections: list[tuple[str, str]] = []
+    for split in ("test", "val"):
+        header, body = summary_table(summary, split)
+        if body:
+            sections.append((f"{split} split", markdown_table(header, body)))
+        header, body = diff_table(rows, split)
+        if body:
+            sections.append((f"Paired differences, {split} split", markdown_table(header, body)))
+    intro = [f"Seeds: {seeds} ({len(seeds)}). Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins.",
+             "Ensembles average the softmax of generations 1..g (students only; baseline: independent models 1..g).",
+             "Paired differences pair runs by seed; p is a two-sided paired t-test (n/a below two seeds)."]
+    if best is not None:
+        intro.append(f"Best single model, chosen on the val split only: **{best['arm']} generation {best['generation']}**, "
+                     f"seed {best['seed']} (val top-1 {float(best['val_top1']):.2f} %) — `{best['checkpoint']}`.")
+        write_json(run_dir / "best.json", best)
+    if wall_time_s is not None:
+        intro.append(f"Wall time: {wall_time_s:.1f} s.")
+    md = ["# kdgen report", "", *intro, ""]
+    for title, table in sections:
+        md += [f"## {title}", "", table, ""]
+    md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    (run_dir / "report.md").write_text("\n".join(md), encoding="utf-8")
+    write_json(run_dir / "summary.json", {"summary": summary})
+    _write_html(run_dir / "report.html", intro, sections, plots, summary, rows)
+    return run_dir / "report.md"
+
+
+def _write_html(path: Path, intro: list[str], sections: list[tuple[str, str]], plots: list[Path],
+                summary: list[dict[str, object]], rows: list[Row]) -> None:
+    def table_html(header: list[str], body: list[list[str]]) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        lines = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in body)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>"
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>kdgen report</title><style>",
+             "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}",
+             "</style></head><body><h1>kdgen report</h1>"]
+    parts += [f"<p>{html.escape(line).replace('**', '')}</p>" for line in intro]
+    for split in ("test", "val"):
+        header, body = summary_table(summary, split)
+        if body:
+            parts.append(f"<h2>{split} split</h2>" + table_html(header, body))
+        header, body = diff_table(rows, split)
+        if body:
+            parts.append(f"<h2>Paired differences, {split} split</h2>" + table_html(header, body))
+    parts += [f"<h2>Plots</h2>"] + [f"<img src='plots/{p.name}' alt='{p.stem}'>" for p in plots]
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")

@@ -1,0 +1,159 @@
+"""The training loop: one generation (or one baseline model), from a fresh model to trained weights.
+
+Everything a generation needs is created here, afresh: optimizer, LR schedule and RNG stream.
+Nothing survives from one call to the next, which rules out the born-again bug of a student
+inheriting its teacher's optimizer state or half-decayed schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdgen.augment import Normalizer, augment
+from kdgen.config import TrainConfig
+from kdgen.data.base import DataBundle
+from kdgen.errors import UserError
+from kdgen.objective import GenerationObjective
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite (usually a learning rate that is far too high)."""
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    lr: float
+    losses: dict[str, float]
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochLog] = field(default_factory=list)
+    steps: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def freeze_teacher(model: nn.Module) -> nn.Module:
+    """Put a trained model in eval mode with gradients off, so it can only teach."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def make_optimizer(model: nn.Module, recipe: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum; no weight decay on BatchNorm parameters and biases (1-D tensors)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
+                           nesterov=recipe.nesterov and recipe.momentum > 0, foreach=True)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, recipe: TrainConfig) -> float:
+    """Multiplier of ``recipe.lr`` at ``step``: linear warm-up, then cosine, step or constant."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if recipe.schedule == "step":
+        return recipe.gamma ** sum(progress >= m for m in recipe.milestones)
+    return 1.0
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, recipe: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    total = recipe.epochs * steps_per_epoch
+    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, recipe))
+
+
+def batches_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches only (a last batch of 1 would break BatchNorm); at least one batch."""
+    return max(1, num_examples // batch_size)
+
+
+def train_generation(
+    model: nn.Module,
+    data: DataBundle,
+    recipe: TrainConfig,
+    objective: GenerationObjective,
+    *,
+    seed: int,
+    teacher: nn.Module | None = None,
+    device: torch.device | None = None,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    where: str = "",
+) -> TrainResult:
+    """Train ``model`` in place for ``recipe.epochs`` epochs on ``data.train``.
+
+    ``teacher`` (if given) must be a different object, frozen with :func:`freeze_teacher`; it is
+    run under inference mode on the same augmented batch the student sees. ``seed`` drives the
+    batch order and augmentation through a private generator (model initialisation is the
+    caller's business). ``where`` names the unit in error messages.
+    """
+    if teacher is model:
+        raise ValueError("teacher and student must be different objects")
+    if teacher is not None and (teacher.training or any(p.requires_grad for p in teacher.parameters())):
+        raise ValueError("teacher must be frozen (eval mode, no gradients): call freeze_teacher first")
+    device = device or torch.device("cpu")
+    model.to(device).train()
+    images = data.train.images.to(device)
+    labels = data.train.labels.to(device)
+    normalize = Normalizer(data.mean, data.std, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    steps = batches_per_epoch(len(labels), recipe.batch_size)
+    batch_size = min(recipe.batch_size, len(labels))
+    optimizer = make_optimizer(model, recipe)
+    schedule = make_schedule(optimizer, recipe, steps)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+    result = TrainResult()
+    for epoch in range(recipe.epochs):
+        order = torch.randperm(len(labels), generator=generator, device=device)
+        # Loss sums stay on the device; reading them once per epoch avoids a sync per step.
+        sums: dict[str, torch.Tensor] = {}
+        lr = optimizer.param_groups[0]["lr"]
+        for step in range(steps):
+            index = order[step * batch_size:(step + 1) * batch_size]
+            inputs = normalize(augment(images[index], data.augment, generator))
+            targets = labels[index]
+            teacher_logits = None
+            if teacher is not None:
+                with torch.inference_mode(), autocast:
+                    teacher_logits = teacher(inputs)
+                teacher_logits = teacher_logits.clone()  # a normal tensor, usable next to autograd
+            with autocast:
+                logits = model(inputs)
+            terms = objective.terms(logits, targets, teacher_logits)
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.detach()
+        mean_losses = {name: float(total) / steps for name, total in sums.items()}
+        result.steps += steps
+        if not all(math.isfinite(v) for v in mean_losses.values()):
+            raise TrainingDiverged(f"{where or 'training'}: loss became non-finite in epoch {epoch + 1} "
+                                   f"({', '.join(f'{k}={v:g}' for k, v in mean_losses.items())}); lower train.lr")
+        log = EpochLog(epoch=epoch + 1, lr=lr, losses=mean_losses)
+        result.history.append(log)
+        if on_epoch is not None:
+            on_epoch(log)
+    model.eval()
+    return result
