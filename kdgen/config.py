@@ -76,9 +76,9 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     """The per-generation recipe: every generation (and every baseline model) uses it afresh."""
 
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.05, gt=0.0)
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0.0)

@@ -1,0 +1,71 @@
+"""The Python API for your own model and tensors.
+
+Example (see README)::
+
+    import torch, kdgen
+    data = kdgen.bundle_from_tensors(train_images, train_labels, test_images, test_labels)
+    cfg = kdgen.Config(seeds=[0, 1], generations={"count": 2})
+    rows = kdgen.train_generations(lambda: MyNet(num_classes=10), data, cfg)
+    print(kdgen.summary_text(rows))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from kdgen.config import Config
+from kdgen.data.base import AugmentSpec, SourceData, Split, make_bundle, DataBundle
+from kdgen.errors import DataError
+from kdgen.generations import GenerationsRunner, Row
+from kdgen.report import build_report, console_summary
+
+
+def bundle_from_tensors(train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
+                        test_labels: torch.Tensor, *, class_names: Sequence[str] | None = None,
+                        val_fraction: float = 0.2, split_seed: int = 0,
+                        augment: AugmentSpec = AugmentSpec()) -> DataBundle:
+    """A :class:`DataBundle` from uint8 image tensors ``(N, C, H, W)`` and integer labels.
+
+    A stratified ``val_fraction`` of the training data is held out for choices; the test tensors
+    are only ever evaluated. Normalisation constants are computed from the remaining training data.
+    """
+    if train_images.dtype != torch.uint8 or test_images.dtype != torch.uint8:
+        raise DataError("images must be uint8 tensors (N, C, H, W) in 0..255; "
+                        "convert with (x * 255).round().to(torch.uint8)")
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    source = SourceData(train=Split(train_images, train_labels), test=Split(test_images, test_labels),
+                        class_names=names, augment=augment)
+    source.check_labels("bundle_from_tensors")
+    return make_bundle(source, val_fraction, split_seed)
+
+
+def train_generations(model_factory: Callable[[], nn.Module], data: DataBundle, cfg: Config | None = None, *,
+                      out_dir: str | Path | None = None) -> list[Row]:
+    """Train every arm, seed and generation of ``cfg`` with models from ``model_factory``.
+
+    ``model_factory`` must return a *new* model each call (it is seeded per generation before the
+    call). ``cfg.data`` and ``cfg.model`` are ignored: the data and the model are yours. With
+    ``out_dir``, checkpoints, results.json and the report are written there. Returns the tidy rows
+    of results.json.
+    """
+    cfg = cfg or Config()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    rows = GenerationsRunner(cfg, data, model_factory, out_dir=out).run()
+    if out is not None:
+        from kdgen.checkpoint import write_json
+
+        write_json(out / "results.json", {"rows": rows, "complete": True})
+        build_report(out, rows)
+    return rows
+
+
+def summary_text(rows: list[Row]) -> str:
+    """The console summary table (test split, mean ± std over seeds, paired differences)."""
+    return console_summary(rows)

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from kdgen.config import build_config
+from kdgen.data import load_bundle
+
+
+def tiny_config(**sections):
+    """A config small enough for a unit test: synthetic 8x8 data, 2 epochs, 1 seed."""
+    raw = {
+        "seeds": [0],
+        "data": {"name": "synthetic", "num_train": 80, "num_test": 24, "image_size": 8, "channels": 1,
+                 "num_classes": 4, "val_fraction": 0.25},
+        "model": {"name": "cnn-tiny"},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+        "generations": {"count": 2},
+        "log": {"progress": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return build_config(raw)
+
+
+@pytest.fixture
+def tiny_cfg():
+    return tiny_config()
+
+
+@pytest.fixture
+def tiny_data(tiny_cfg):
+    return load_bundle(tiny_cfg.data)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    torch.set_num_threads(2)

@@ -1,0 +1,141 @@
+"""The generation bookkeeping bugs of public born-again code, each ruled out by a test."""
+
+import torch
+from torch import nn
+
+import kdgen.train as train_module
+from kdgen.generations import GenerationsRunner, Unit, objective_for, units
+from kdgen.models import build
+from kdgen.report import best_unit
+from kdgen.train import freeze_teacher, train_generation
+
+from conftest import tiny_config
+
+
+class Recorder(nn.Module):
+    """A tiny CNN that records, for every forward, its mode, grad and inference-mode state and input."""
+
+    def __init__(self, log: list, num_classes: int = 4) -> None:
+        super().__init__()
+        self.log = log
+        self.net = build("cnn-tiny", num_classes, 1)
+
+    def forward(self, x):
+        self.log.append({"model": id(self), "training": self.training, "inference": torch.is_inference_mode_enabled(),
+                         "requires_grad": any(p.requires_grad for p in self.parameters()), "input": x.detach().clone()})
+        return self.net(x)
+
+
+def test_teacher_is_a_separate_frozen_object_in_inference_mode_on_the_same_batch(tiny_cfg, tiny_data):
+    log: list = []
+    cfg = tiny_cfg.model_copy(update={"generations": tiny_cfg.generations.model_copy(update={"arms": ["strict"]})})
+    GenerationsRunner(cfg, tiny_data, lambda: Recorder(log)).run()
+    models = list(dict.fromkeys(entry["model"] for entry in log))
+    assert len(models) == 3  # patriarch + 2 students: three distinct objects
+    # Every training forward of a student is preceded by its teacher's forward on the same augmented
+    # batch: the previous generation's object, in eval mode, with no gradients, under inference mode.
+    student_steps = 0
+    for i, entry in enumerate(log):
+        if entry["training"] and entry["model"] != models[0]:
+            teacher_call = log[i - 1]
+            assert models.index(teacher_call["model"]) == models.index(entry["model"]) - 1
+            assert not teacher_call["training"] and teacher_call["inference"] and not teacher_call["requires_grad"]
+            assert torch.equal(teacher_call["input"], entry["input"])
+            student_steps += 1
+    assert student_steps == 2 * cfg.train.epochs * (len(tiny_data.train) // cfg.train.batch_size)
+
+
+def test_train_generation_refuses_unfrozen_or_identical_teacher(tiny_cfg, tiny_data):
+    from kdgen.objective import GenerationObjective
+    import pytest
+
+    model = build("cnn-tiny", 4, 1)
+    objective = GenerationObjective(distill_weight=0.5, temperature=2.0)
+    with pytest.raises(ValueError, match="different objects"):
+        train_generation(model, tiny_data, tiny_cfg.train, objective, seed=0, teacher=model)
+    other = build("cnn-tiny", 4, 1)
+    with pytest.raises(ValueError, match="frozen"):
+        train_generation(model, tiny_data, tiny_cfg.train, objective, seed=0, teacher=other)
+
+
+def test_every_generation_gets_a_fresh_optimizer_and_schedule(tiny_cfg, tiny_data, monkeypatch):
+    optimizers, first_lrs = [], []
+    real_make_optimizer = train_module.make_optimizer
+
+    def spy(model, recipe):
+        optimizer = real_make_optimizer(model, recipe)
+        assert not optimizer.state  # no momentum buffers carried over
+        optimizers.append(optimizer)
+        return optimizer
+
+    monkeypatch.setattr(train_module, "make_optimizer", spy)
+    real_train = train_module.train_generation
+
+    def record_lr(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        first_lrs.append(result.history[0].lr)
+        return result
+
+    import kdgen.generations as generations_module
+
+    monkeypatch.setattr(generations_module, "train_generation", record_lr)
+    cfg = tiny_config(train={"schedule": "cosine"})
+    GenerationsRunner(cfg, tiny_data, lambda: build("cnn-tiny", 4, 1)).run()
+    assert len(optimizers) == len(units(cfg)) == 9
+    assert len({id(o) for o in optimizers}) == len(optimizers)
+    # every optimizer holds only its own model's parameters
+    param_sets = [{id(p) for g in o.param_groups for p in g["params"]} for o in optimizers]
+    assert all(not (a & b) for i, a in enumerate(param_sets) for b in param_sets[i + 1:])
+    assert first_lrs == [cfg.train.lr] * 9  # each schedule starts at the base LR, not where the last one ended
+
+
+def test_unit_streams_differ_and_are_stable():
+    seeds = {Unit(arm, seed, g).stream_seed for arm in ("baseline", "strict", "tolerant") for seed in (0, 1)
+             for g in range(4)}
+    assert len(seeds) == 24
+    assert Unit("strict", 0, 1).stream_seed == Unit("strict", 0, 1).stream_seed
+
+
+def test_objectives_per_arm():
+    cfg = tiny_config(tolerance={"method": "tsd", "eta": 0.3, "k": 3}, distill={"weight": 0.7, "temperature": 3.0})
+    assert objective_for(cfg, "baseline", 2).distill_weight == 0 and objective_for(cfg, "baseline", 2).tolerance is None
+    assert objective_for(cfg, "strict", 0).distill_weight == 0 and objective_for(cfg, "strict", 0).tolerance is None
+    assert objective_for(cfg, "strict", 1).distill_weight == 0.7 and objective_for(cfg, "strict", 1).tolerance is None
+    patriarch = objective_for(cfg, "tolerant", 0)
+    assert patriarch.tolerance.eta == 0.3 and patriarch.tolerance.k == 3 and patriarch.distill_weight == 0
+    assert objective_for(cfg, "tolerant", 1).tolerance is None
+    all_cfg = tiny_config(tolerance={"apply_to": "all"})
+    assert objective_for(all_cfg, "tolerant", 2).tolerance is not None
+    terms = objective_for(cfg, "tolerant", 0).terms(torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0]))
+    assert set(terms) == {"ce", "tsd"}
+    student_terms = objective_for(cfg, "strict", 1).terms(torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0]), torch.randn(5, 4))
+    assert set(student_terms) == {"ce", "kd"}
+
+
+def test_results_are_deterministic_and_test_labels_change_nothing_but_test_rows(tiny_cfg, tiny_data):
+    def run(data):
+        return GenerationsRunner(tiny_cfg, data, lambda: build("cnn-tiny", 4, 1)).run()
+
+    first, second = run(tiny_data), run(tiny_data)
+    assert first == second
+    shuffled = tiny_data.__class__(**{**tiny_data.__dict__})
+    shuffled.test = tiny_data.test.subset(torch.arange(len(tiny_data.test)))
+    shuffled.test.labels = tiny_data.test.labels.roll(1)
+    third = run(shuffled)
+    assert [r for r in first if r["split"] == "val"] == [r for r in third if r["split"] == "val"]
+    assert [r for r in first if r["split"] == "test"] != [r for r in third if r["split"] == "test"]
+
+
+def test_best_checkpoint_is_chosen_on_val_not_test():
+    def row(arm, gen, seed, split, top1):
+        return {"arm": arm, "generation": gen, "kind": "single", "seed": seed, "split": split, "top1": top1,
+                "nll": 0.1, "ece": 0.01}
+
+    rows = [row("strict", 1, 0, "val", 90.0), row("strict", 1, 0, "test", 99.0),
+            row("tolerant", 1, 0, "val", 95.0), row("tolerant", 1, 0, "test", 50.0)]
+    assert best_unit(rows)["arm"] == "tolerant"
+
+
+def test_freeze_teacher():
+    model = freeze_teacher(build("cnn-tiny", 4, 1).train())
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
