@@ -1,0 +1,21 @@
+"""README's Python API example runs as written."""
+
+import re
+from pathlib import Path
+
+
+def test_readme_python_example_runs(capsys):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "tolerant" in out and "strict" in out and "baseline" in out
+
+
+def test_readme_commands_match_ci():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8")
+    test_command = 'python3 -m pip install -q torch==2.13.0 -e ".[test]" && python3 -m pytest'
+    assert test_command in readme and test_command in ci
