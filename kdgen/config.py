@@ -37,6 +37,10 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
     augment: AugmentConfig = AugmentConfig()
+    # Decode image folders on the fly (DataLoader workers) instead of keeping them resident;
+    # None decides by size (see kdgen.data.imagefolder).
+    stream: bool | None = None
+    workers: int = Field(4, ge=0, le=64)
     # synthetic data only
     num_train: int = Field(512, ge=2)
     num_test: int = Field(128, ge=1)

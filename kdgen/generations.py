@@ -130,8 +130,8 @@ class GenerationsRunner:
             new_rows = []
             for split_name in ("val", "test"):
                 split = getattr(self.data, split_name)
-                probs = predict_probs(student, split.images, self.normalize, batch_size=self.cfg.train.eval_batch_size,
-                                      precision=self.cfg.train.precision)
+                probs = predict_probs(student, split, self.normalize, batch_size=self.cfg.train.eval_batch_size,
+                                      precision=self.cfg.train.precision, workers=self.cfg.data.workers)
                 new_rows.append(_rows(unit, "single", split_name, classification_metrics(probs, split.labels)))
                 if generation >= 1:
                     member_probs[split_name].append(probs)
@@ -168,5 +168,6 @@ class GenerationsRunner:
 
         train_generation(student, self.data, self.cfg.train, objective_for(self.cfg, unit.arm, unit.generation),
                          seed=unit.stream_seed, teacher=teacher, device=self.device, on_epoch=on_epoch,
-                         where=f"arm {unit.arm}, seed {unit.seed}, generation {unit.generation}")
+                         where=f"arm {unit.arm}, seed {unit.seed}, generation {unit.generation}",
+                         workers=self.cfg.data.workers)
         return student

@@ -6,13 +6,15 @@ import torch
 from torch import nn
 
 from kdgen.augment import Normalizer
+from kdgen.batches import eval_batches
+from kdgen.data.base import AnySplit
 
 ECE_BINS = 15
 
 
 @torch.inference_mode()
-def predict_probs(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, *, batch_size: int = 1024,
-                  precision: str = "fp32") -> torch.Tensor:
+def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, batch_size: int = 1024,
+                  precision: str = "fp32", workers: int = 0) -> torch.Tensor:
     """Softmax outputs ``(N, C)`` in float32 on the CPU, with the model in eval mode.
 
     The model's previous train/eval mode is restored afterwards.
@@ -22,10 +24,9 @@ def predict_probs(model: nn.Module, images: torch.Tensor, normalizer: Normalizer
     device = next(model.parameters()).device
     outputs = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    for start in range(0, len(images), batch_size):
-        batch = normalizer(images[start:start + batch_size].to(device, non_blocking=True))
+    for images, _ in eval_batches(split, batch_size, device, workers):
         with autocast:
-            logits = model(batch)
+            logits = model(normalizer(images))
         outputs.append(logits.float().softmax(dim=-1).cpu())
     model.train(was_training)
     return torch.cat(outputs)

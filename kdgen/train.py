@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdgen.augment import Normalizer, augment
+from kdgen.augment import Normalizer
+from kdgen.batches import TrainBatches
 from kdgen.config import TrainConfig
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
@@ -82,11 +83,6 @@ def make_schedule(optimizer: torch.optim.Optimizer, recipe: TrainConfig, steps_p
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, recipe))
 
 
-def batches_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Full batches only (a last batch of 1 would break BatchNorm); at least one batch."""
-    return max(1, num_examples // batch_size)
-
-
 def train_generation(
     model: nn.Module,
     data: DataBundle,
@@ -98,6 +94,7 @@ def train_generation(
     device: torch.device | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
     where: str = "",
+    workers: int = 0,
 ) -> TrainResult:
     """Train ``model`` in place for ``recipe.epochs`` epochs on ``data.train``.
 
@@ -112,25 +109,20 @@ def train_generation(
         raise ValueError("teacher must be frozen (eval mode, no gradients): call freeze_teacher first")
     device = device or torch.device("cpu")
     model.to(device).train()
-    images = data.train.images.to(device)
-    labels = data.train.labels.to(device)
     normalize = Normalizer(data.mean, data.std, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    steps = batches_per_epoch(len(labels), recipe.batch_size)
-    batch_size = min(recipe.batch_size, len(labels))
+    batches = TrainBatches(data.train, data.augment, recipe.batch_size, device, generator, workers)
+    steps = len(batches)
     optimizer = make_optimizer(model, recipe)
     schedule = make_schedule(optimizer, recipe, steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
     result = TrainResult()
     for epoch in range(recipe.epochs):
-        order = torch.randperm(len(labels), generator=generator, device=device)
         # Loss sums stay on the device; reading them once per epoch avoids a sync per step.
         sums: dict[str, torch.Tensor] = {}
         lr = optimizer.param_groups[0]["lr"]
-        for step in range(steps):
-            index = order[step * batch_size:(step + 1) * batch_size]
-            inputs = normalize(augment(images[index], data.augment, generator))
-            targets = labels[index]
+        for images, targets in batches:
+            inputs = normalize(images)
             teacher_logits = None
             if teacher is not None:
                 with torch.inference_mode(), autocast:

@@ -9,7 +9,7 @@ sources never normalise or convert to float (a float32 copy would be 4x the memo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -53,6 +53,40 @@ class Split:
 
 
 @dataclass
+class StreamingSplit:
+    """A split decoded on the fly, for data too big to keep resident (e.g. ImageNet folders).
+
+    ``samples`` are items whose second element is the label (``(path, label)``);
+    ``make_dataset(samples, train)`` builds a ``torch.utils.data.Dataset`` that yields
+    ``(uint8 CHW tensor, label)``, with random training transforms when ``train`` is true and the
+    deterministic evaluation transform otherwise.
+    """
+
+    samples: Sequence[Any]
+    make_dataset: Callable[[Sequence[Any], bool], Any]
+    train: bool = True
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([sample[1] for sample in self.samples], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, index: torch.Tensor) -> "StreamingSplit":
+        return StreamingSplit([self.samples[i] for i in index.tolist()], self.make_dataset, self.train)
+
+    def for_eval(self) -> "StreamingSplit":
+        return StreamingSplit(self.samples, self.make_dataset, train=False)
+
+    def dataset(self) -> Any:
+        return self.make_dataset(self.samples, self.train)
+
+
+AnySplit = Union[Split, StreamingSplit]
+
+
+@dataclass
 class SourceData:
     """What a data source returns: the official train and test splits and their description.
 
@@ -60,8 +94,8 @@ class SourceData:
     training split. ``augment`` is the source's recommended training augmentation.
     """
 
-    train: Split
-    test: Split
+    train: AnySplit
+    test: AnySplit
     class_names: list[str]
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     mean: tuple[float, ...] | None = None
@@ -71,14 +105,11 @@ class SourceData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @property
-    def channels(self) -> int:
-        return int(self.train.images.shape[1])
-
     def check_labels(self, where: str) -> None:
         """Raise :class:`DataError` if any label lies outside ``[0, num_classes)``."""
         for name, split in (("train", self.train), ("test", self.test)):
-            if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= self.num_classes):
+            labels = split.labels
+            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 raise DataError(f"{where}: {name} labels outside 0..{self.num_classes - 1}")
 
 
@@ -86,9 +117,9 @@ class SourceData:
 class DataBundle:
     """Train/val/test splits ready for training, with normalisation and augmentation settings."""
 
-    train: Split
-    val: Split
-    test: Split
+    train: AnySplit
+    val: AnySplit
+    test: AnySplit
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -100,11 +131,7 @@ class DataBundle:
 
     @property
     def channels(self) -> int:
-        return int(self.train.images.shape[1])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+        return len(self.mean)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -149,8 +176,12 @@ def make_bundle(source: SourceData, val_fraction: float, split_seed: int = 0) ->
     train_idx, val_idx = stratified_val_split(source.train.labels, val_fraction, split_seed)
     train = source.train.subset(train_idx)
     val = source.train.subset(val_idx)
+    if isinstance(val, StreamingSplit):
+        val = val.for_eval()  # held-out images get the evaluation transform, not random crops
     if source.mean is not None and source.std is not None:
         mean, std = source.mean, source.std
+    elif isinstance(train, StreamingSplit):
+        raise DataError("a streaming data source must give its normalisation constants (mean, std)")
     else:
         mean, std = channel_stats(train.images)
     return DataBundle(train=train, val=val, test=source.test, class_names=list(source.class_names),

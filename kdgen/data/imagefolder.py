@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdgen.data import register
-from kdgen.data.base import AugmentSpec, SourceData, Split
+from kdgen.data.base import AugmentSpec, SourceData, Split, StreamingSplit
 from kdgen.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -175,12 +175,32 @@ def _resident(samples: list[Sample], resize: int, crop: int) -> Split:
     return Split(images, labels)
 
 
+# Above this many bytes of decoded uint8 images, folders stream instead of staying resident.
+RESIDENT_LIMIT_BYTES = 2 * 1024**3
+# ImageNet's channel statistics: streaming folders cannot afford a pass to compute their own.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _DatasetMaker:
+    """Picklable ``(samples, train) -> ImageFolderDataset`` with the configured sizes (for workers)."""
+
+    def __init__(self, train_crop: int, eval_resize: int, eval_crop: int) -> None:
+        self.sizes = (train_crop, eval_resize, eval_crop)
+
+    def __call__(self, samples: Sequence[Sample], train: bool) -> ImageFolderDataset:
+        return ImageFolderDataset(samples, train, *self.sizes)
+
+
 @register("imagefolder")
 def load_imagefolder(cfg: "DataConfig") -> SourceData:
-    """Every image of ``root/train`` and ``root/val`` resized to ``data.eval_resize``, centre crop ``data.eval_crop``.
+    """Images of ``root/train`` (training) and ``root/val`` (the test split), ImageNet layout.
 
+    Small folders are decoded once (resize to ``data.eval_resize``, centre crop ``data.eval_crop``)
+    and kept resident as uint8, with batch augmentation (translation by an eighth of the crop,
+    flips). Big folders (more than 2 GiB decoded, or ``data.stream: true``) stream through
+    DataLoader workers with random-resized crops of ``data.train_crop`` and flips for training.
     Class names are the sorted training folder names; the val folders must be the same classes.
-    Augmentation: translation by an eighth of the crop and horizontal flips.
     """
     if cfg.root is None:
         raise DataError("data source imagefolder needs data.root: the folder holding train/ and val/")
@@ -189,6 +209,12 @@ def load_imagefolder(cfg: "DataConfig") -> SourceData:
         raise DataError(f"data folder {root} does not exist")
     train_samples, class_names = scan_split(root / "train")
     val_samples, _ = scan_split(root / "val", class_names)
+    decoded_bytes = (len(train_samples) + len(val_samples)) * 3 * cfg.eval_crop**2
+    if cfg.stream or (cfg.stream is None and decoded_bytes > RESIDENT_LIMIT_BYTES):
+        make = _DatasetMaker(cfg.train_crop, cfg.eval_resize, cfg.eval_crop)
+        return SourceData(train=StreamingSplit(train_samples, make, train=True),
+                          test=StreamingSplit(val_samples, make, train=False), class_names=class_names,
+                          augment=AugmentSpec(), mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return SourceData(
         train=_resident(train_samples, cfg.eval_resize, cfg.eval_crop),
         test=_resident(val_samples, cfg.eval_resize, cfg.eval_crop),
