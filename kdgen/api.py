@@ -22,6 +22,7 @@ from kdgen.data.base import AugmentSpec, SourceData, Split, make_bundle, DataBun
 from kdgen.errors import DataError
 from kdgen.generations import GenerationsRunner, Row
 from kdgen.report import build_report, console_summary
+from kdgen.store import RunStore
 
 
 def bundle_from_tensors(train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
@@ -54,15 +55,17 @@ def train_generations(model_factory: Callable[[], nn.Module], data: DataBundle, 
     of results.json.
     """
     cfg = cfg or Config()
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    rows = GenerationsRunner(cfg, data, model_factory, out_dir=out).run()
-    if out is not None:
-        from kdgen.checkpoint import write_json
+    store = None
+    if out_dir is not None:
+        from kdgen.runner import check_new_out_dir, make_out_dir
 
-        write_json(out / "results.json", {"rows": rows, "complete": True})
-        build_report(out, rows)
+        check_new_out_dir(Path(out_dir))
+        make_out_dir(Path(out_dir))
+        store = RunStore(Path(out_dir))
+    rows = GenerationsRunner(cfg, data, model_factory, store=store).run()
+    if store is not None:
+        store.write_results(complete=True)
+        build_report(store.out_dir, rows)
     return rows
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from kdgen import __version__
 from kdgen.errors import UserError
@@ -21,8 +22,15 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the usage is in --help), like every other mistake."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"kdgen: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdgen", description="Knowledge distillation in generations with tolerant "
+    parser = _Parser(prog="kdgen", description="Knowledge distillation in generations with tolerant "
                                      "teachers: compare tolerant, strict (born-again) and independent models.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"kdgen {__version__}")
@@ -56,11 +64,34 @@ def _run(args: argparse.Namespace) -> int:
     from kdgen.runner import run_experiment
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
-    cfg = load_config(args.config, overrides)
-    if args.resume:
-        raise UserError("--resume is not supported yet: start a new run with a new --out folder")
-    run_experiment(cfg, args.out)
+    if args.resume and args.out is not None and args.config is None:
+        # Resuming without --config continues the saved config (plus any overrides, which must agree).
+        from kdgen.config import apply_overrides, build_config
+        from kdgen.runner import saved_config
+
+        cfg = build_config(apply_overrides(saved_config(args.out).to_dict(), overrides), "overrides")
+    else:
+        cfg = load_config(args.config, overrides)
+    out = args.out
+    _stop_on_sigterm()
+    try:
+        run_experiment(cfg, out, resume=args.resume)
+    except KeyboardInterrupt:
+        where = f" --out {out}" if out is not None else ""
+        print(f"kdgen: interrupted; the last finished epoch is saved: continue with kdgen run --resume{where}",
+              file=sys.stderr)
+        return 130
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, a scheduler's pre-emption) stops like Ctrl-C: the last epoch's state is on disk."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -84,7 +115,14 @@ def _config(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kdgen`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before or after options (argparse stops filling a positional list at the
+    # first option), so collect leftovers and accept those that look like KEY=VALUE.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command not in ("run", "config") or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         if args.command == "run":
             return _run(args)

@@ -91,6 +91,9 @@ class TrainConfig(_Strict):
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     warmup_epochs: float = Field(0.0, ge=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    # NHWC activations: oneDNN and cuDNN convolutions are faster in this layout (1.5x measured on
+    # the 2-core CPU for the small CNN, more with bf16).
+    channels_last: bool = True
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(1024, ge=1)

@@ -25,11 +25,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdgen.augment import Normalizer
-from kdgen.checkpoint import save_model
 from kdgen.config import Config
 from kdgen.data.base import DataBundle
 from kdgen.metrics import classification_metrics, predict_probs
 from kdgen.objective import GenerationObjective, Tolerance
+from kdgen.resume import EpochState
+from kdgen.store import RunStore
 from kdgen.train import EpochLog, freeze_teacher, resolve_device, train_generation
 
 ModelFactory = Callable[[], nn.Module]
@@ -83,41 +84,42 @@ def _rows(unit: Unit, kind: str, split: str, metrics: dict[str, float]) -> Row:
 class GenerationsRunner:
     """Trains every unit of ``cfg`` on ``data`` with models from ``model_factory``.
 
-    ``out_dir``, when given, receives a safetensors checkpoint per unit under ``checkpoints/``.
-    ``on_rows`` is called with every unit's new result rows (the CLI uses it to save partial
-    results as it goes).
+    With a ``store`` (a run folder), every finished unit's checkpoint and rows are saved as it
+    goes, the unit in progress is saved after every epoch, and units the store already holds are
+    loaded instead of trained again (exact resume).
     """
 
-    def __init__(self, cfg: Config, data: DataBundle, model_factory: ModelFactory, *, out_dir: Path | None = None,
-                 model_name: str = "custom", on_rows: Callable[[list[Row]], None] | None = None) -> None:
+    def __init__(self, cfg: Config, data: DataBundle, model_factory: ModelFactory, *, store: RunStore | None = None,
+                 model_name: str = "custom") -> None:
         self.cfg = cfg
         self.data = data
         self.model_factory = model_factory
-        self.out_dir = out_dir
+        self.store = store
         self.model_name = model_name
-        self.on_rows = on_rows
         self.device = resolve_device(cfg.train.device)
         self.normalize = Normalizer(data.mean, data.std, self.device)
         self.writer = None
-        if cfg.log.tensorboard and out_dir is not None:
+        if cfg.log.tensorboard and store is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(store.out_dir / "tensorboard"))
 
     def run(self) -> list[Row]:
-        """Train and evaluate every unit; return the tidy result rows."""
+        """Train and evaluate every unit; return the tidy result rows (with a store: all of its rows)."""
         all_units = units(self.cfg)
         rows: list[Row] = []
+        done = sum(self.store is not None and self.store.is_done(u.name) for u in all_units)
         # Off a terminal (CI logs, files) redraw rarely instead of filling the log with updates.
         interactive = sys.stderr.isatty()
         with tqdm(total=len(all_units) * self.cfg.train.epochs, unit="epoch", disable=not self.cfg.log.progress,
-                  dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
+                  initial=done * self.cfg.train.epochs, dynamic_ncols=True,
+                  mininterval=0.1 if interactive else 10.0) as bar:
             for seed in self.cfg.seeds:
                 for arm in self.cfg.generations.arms:
                     rows.extend(self.run_arm(arm, seed, bar))
         if self.writer is not None:
             self.writer.close()
-        return rows
+        return self.store.rows if self.store is not None else rows
 
     def run_arm(self, arm: str, seed: int, bar: tqdm | None = None) -> list[Row]:
         """Patriarch and students of one arm and seed (or the baseline's independent models)."""
@@ -126,7 +128,8 @@ class GenerationsRunner:
         member_probs: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
         for generation in range(self.cfg.generations.count + 1):
             unit = Unit(arm, seed, generation)
-            student = self.train_unit(unit, teacher, bar)
+            finished = self.store is not None and self.store.is_done(unit.name)
+            student = self.load_unit(unit) if finished else self.train_unit(unit, teacher, bar)
             new_rows = []
             for split_name in ("val", "test"):
                 split = getattr(self.data, split_name)
@@ -138,21 +141,38 @@ class GenerationsRunner:
                 if len(member_probs[split_name]) >= 2:
                     ensemble = torch.stack(member_probs[split_name]).mean(dim=0)
                     new_rows.append(_rows(unit, "ensemble", split_name, classification_metrics(ensemble, split.labels)))
-            if self.out_dir is not None:
-                save_model(student, self.out_dir / "checkpoints" / f"{unit.name}.safetensors",
-                           {"arm": arm, "seed": seed, "generation": generation, "model": self.model_name,
-                            "num_classes": self.data.num_classes, "in_channels": self.data.channels})
-            rows.extend(new_rows)
-            if self.on_rows is not None:
-                self.on_rows(new_rows)
+            if not finished:
+                rows.extend(new_rows)
+                if self.store is not None:
+                    self.store.finish_unit(unit.name, student, {
+                        "arm": arm, "seed": seed, "generation": generation, "model": self.model_name,
+                        "num_classes": self.data.num_classes, "in_channels": self.data.channels}, new_rows)
             # The trained student becomes the next teacher; the next student is a new object.
             teacher = freeze_teacher(student) if arm != "baseline" else None
         return rows
+
+    def load_unit(self, unit: Unit) -> nn.Module:
+        """A unit finished by an earlier process, from its checkpoint."""
+        assert self.store is not None
+        torch.manual_seed(unit.stream_seed)
+        model = self.model_factory()
+        self.store.load_finished(unit.name, model)
+        # The same memory layout as after training, so a resumed teacher computes bit-identical logits.
+        memory_format = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        return model.to(self.device, memory_format=memory_format).eval()
 
     def train_unit(self, unit: Unit, teacher: nn.Module | None, bar: tqdm | None = None) -> nn.Module:
         """A fresh model trained for ``unit`` (initialised from the unit's own stream)."""
         torch.manual_seed(unit.stream_seed)
         student = self.model_factory().to(self.device)
+        resume_from = self.store.pending_state(unit.name) if self.store is not None else None
+        if bar is not None and resume_from is not None:
+            bar.update(resume_from.epoch)
+
+        def on_state(state: EpochState) -> None:
+            state.unit = unit.name
+            self.store.save_epoch(state)  # type: ignore[union-attr]
+
         if bar is not None:
             bar.set_description(f"{unit.arm} seed {unit.seed} gen {unit.generation}")
 
@@ -169,5 +189,6 @@ class GenerationsRunner:
         train_generation(student, self.data, self.cfg.train, objective_for(self.cfg, unit.arm, unit.generation),
                          seed=unit.stream_seed, teacher=teacher, device=self.device, on_epoch=on_epoch,
                          where=f"arm {unit.arm}, seed {unit.seed}, generation {unit.generation}",
-                         workers=self.cfg.data.workers)
+                         workers=self.cfg.data.workers, resume_from=resume_from,
+                         on_state=on_state if self.store is not None else None)
         return student

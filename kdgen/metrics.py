@@ -21,12 +21,16 @@ def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, 
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())
+    device = parameter.device
+    # Feed the layout the model's weights are in (channels_last after training with it).
+    memory_format = torch.channels_last if parameter.dim() == 4 and parameter.is_contiguous(
+        memory_format=torch.channels_last) and not parameter.is_contiguous() else torch.contiguous_format
     outputs = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for images, _ in eval_batches(split, batch_size, device, workers):
         with autocast:
-            logits = model(normalizer(images))
+            logits = model(normalizer(images).contiguous(memory_format=memory_format))
         outputs.append(logits.float().softmax(dim=-1).cpu())
     model.train(was_training)
     return torch.cat(outputs)

@@ -5,17 +5,22 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from kdgen.checkpoint import write_json
-from kdgen.config import Config
+from kdgen.checkpoint import atomic_write, write_json
+from kdgen.config import Config, build_config, read_yaml
 from kdgen.data import load_bundle
 from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
 from kdgen.generations import GenerationsRunner, Row
 from kdgen.models import build
 from kdgen.report import build_report, console_summary
+from kdgen.store import RunStore
+
+# Settings that do not change results: they may differ when resuming.
+COSMETIC_KEYS = ("log.",)
 
 
 def check_against_data(cfg: Config, data: DataBundle) -> None:
@@ -38,47 +43,90 @@ def new_run_dir(base: Path = Path("runs")) -> Path:
     return candidate
 
 
-def prepare_out_dir(out: Path | None) -> Path:
-    """Create the run folder; an existing file, or a non-empty folder, is refused (never overwritten)."""
-    out = new_run_dir() if out is None else out
+def check_new_out_dir(out: Path) -> None:
+    """An existing file, or a non-empty folder, is refused (kdgen never overwrites a run)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
-        raise UserError(f"--out {str(out)!r} is not empty; choose a new folder (kdgen never overwrites a run)")
+        raise UserError(f"--out {str(out)!r} is not empty; choose a new folder, or add --resume to continue that run")
+
+
+def make_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {str(out)!r}: cannot create folder ({exc.strerror})") from None
-    return out
 
 
-def run_experiment(cfg: Config, out: Path | None = None, *, echo: bool = True) -> tuple[Path, list[Row]]:
-    """Run every arm, seed and generation of ``cfg``; write the run folder; return it and the rows."""
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: Config, requested: Config) -> list[str]:
+    """Dotted keys whose values differ, ignoring cosmetic settings."""
+    a, b = _flatten(saved.to_dict()), _flatten(requested.to_dict())
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(COSMETIC_KEYS))
+
+
+def saved_config(out: Path) -> Config:
+    """The config a run folder was started with."""
+    path = out / "config.yaml"
+    if not out.is_dir():
+        raise UserError(f"--resume: {str(out)!r} is not a run folder")
+    if not path.is_file():
+        raise UserError(f"--resume: {str(out)!r} has no config.yaml (not a kdgen run folder)")
+    return build_config(read_yaml(path), str(path))
+
+
+def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False, echo: bool = True) -> tuple[Path, list[Row]]:
+    """Run every arm, seed and generation of ``cfg``; write the run folder; return it and the rows.
+
+    With ``resume``, ``out`` must be a folder this function wrote before with the same config
+    (cosmetic ``log.*`` settings aside); finished units are loaded, the unit in progress continues
+    from its last epoch, and the final results.json is identical to an uninterrupted run's.
+    """
     start = time.perf_counter()
+    if resume and out is None:
+        raise UserError("--resume needs --out DIR, the folder of the run to continue")
+    if resume and (not out.exists() or (out.is_dir() and not any(out.iterdir()))):
+        resume = False  # killed before anything was written: there is nothing to continue, start afresh
+    if resume:
+        differing = config_differences(saved_config(out), cfg)
+        if differing:
+            raise UserError(f"--resume: the config differs from the one {str(out)!r} was started with, in: "
+                            f"{', '.join(differing)}")
+    else:
+        out = new_run_dir() if out is None else out
+        check_new_out_dir(out)
     data = load_bundle(cfg.data)
     check_against_data(cfg, data)
-    out_dir = prepare_out_dir(out)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    rows: list[Row] = []
-
-    def save_partial(new_rows: list[Row]) -> None:
-        rows.extend(new_rows)
-        write_json(out_dir / "results.json", {"rows": rows, "complete": False})
-
+    make_out_dir(out)
+    store = RunStore(out, resume=resume)
+    if not resume:
+        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        store.write_results(complete=False)
     if echo:
         print(f"kdgen: {cfg.data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
               f"{data.num_classes} classes), model {cfg.model.name}, arms {cfg.generations.arms}, "
-              f"seeds {cfg.seeds}, patriarch + {cfg.generations.count} generations -> {out_dir}", flush=True)
+              f"seeds {cfg.seeds}, patriarch + {cfg.generations.count} generations -> {out}"
+              + (f" (resuming: {len(store.done)} models done)" if resume else ""), flush=True)
 
     def factory():
         return build(cfg.model.name, data.num_classes, data.channels)
 
-    runner = GenerationsRunner(cfg, data, factory, out_dir=out_dir, model_name=cfg.model.name, on_rows=save_partial)
-    runner.run()
+    rows = GenerationsRunner(cfg, data, factory, store=store, model_name=cfg.model.name).run()
+    store.write_results(complete=True)
     wall = time.perf_counter() - start
-    write_json(out_dir / "results.json", {"rows": rows, "complete": True, "wall_time_s": wall})
-    build_report(out_dir, rows, wall_time_s=wall)
+    write_json(out / "timing.json", {"wall_time_s": wall, "resumed": resume})
+    build_report(out, rows, wall_time_s=wall)
     if echo:
         print(console_summary(rows))
-        print(f"\nwall time {wall:.1f} s; report: {out_dir / 'report.md'}")
-    return out_dir, rows
+        print(f"\nwall time {wall:.1f} s; report: {out / 'report.md'}")
+    return out, rows

@@ -20,6 +20,7 @@ from kdgen.config import TrainConfig
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
 from kdgen.objective import GenerationObjective
+from kdgen.resume import EpochState, capture, restore
 
 
 class TrainingDiverged(UserError):
@@ -95,6 +96,8 @@ def train_generation(
     on_epoch: Callable[[EpochLog], None] | None = None,
     where: str = "",
     workers: int = 0,
+    resume_from: EpochState | None = None,
+    on_state: Callable[[EpochState], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``recipe.epochs`` epochs on ``data.train``.
 
@@ -102,13 +105,17 @@ def train_generation(
     run under inference mode on the same augmented batch the student sees. ``seed`` drives the
     batch order and augmentation through a private generator (model initialisation is the
     caller's business). ``where`` names the unit in error messages.
+
+    Exact resume: ``on_state`` receives the full training state after every epoch (the caller
+    saves it), and ``resume_from`` continues from such a state as if training had never stopped.
     """
     if teacher is model:
         raise ValueError("teacher and student must be different objects")
     if teacher is not None and (teacher.training or any(p.requires_grad for p in teacher.parameters())):
         raise ValueError("teacher must be frozen (eval mode, no gradients): call freeze_teacher first")
     device = device or torch.device("cpu")
-    model.to(device).train()
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format).train()
     normalize = Normalizer(data.mean, data.std, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     batches = TrainBatches(data.train, data.augment, recipe.batch_size, device, generator, workers)
@@ -117,12 +124,19 @@ def train_generation(
     schedule = make_schedule(optimizer, recipe, steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
     result = TrainResult()
-    for epoch in range(recipe.epochs):
-        # Loss sums stay on the device; reading them once per epoch avoids a sync per step.
+    start_epoch = 0
+    if resume_from is not None:
+        restore(resume_from, model, optimizer, schedule, generator)
+        start_epoch = resume_from.epoch
+        result.history = [EpochLog(**h) for h in resume_from.history]
+    for epoch in range(start_epoch, recipe.epochs):
+        # Loss sums and the first bad step stay on the device; reading them once per epoch avoids
+        # a host-device sync per step.
         sums: dict[str, torch.Tensor] = {}
+        first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
         lr = optimizer.param_groups[0]["lr"]
-        for images, targets in batches:
-            inputs = normalize(images)
+        for step, (images, targets) in enumerate(batches):
+            inputs = normalize(images).contiguous(memory_format=memory_format)
             teacher_logits = None
             if teacher is not None:
                 with torch.inference_mode(), autocast:
@@ -138,13 +152,17 @@ def train_generation(
             schedule.step()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
+            bad_now = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
+            first_bad_step = torch.where(bad_now, torch.full_like(first_bad_step, step + 1), first_bad_step)
         mean_losses = {name: float(total) / steps for name, total in sums.items()}
         result.steps += steps
-        if not all(math.isfinite(v) for v in mean_losses.values()):
-            raise TrainingDiverged(f"{where or 'training'}: loss became non-finite in epoch {epoch + 1} "
-                                   f"({', '.join(f'{k}={v:g}' for k, v in mean_losses.items())}); lower train.lr")
+        if int(first_bad_step) >= 0:
+            raise TrainingDiverged(f"{where or 'training'}: loss became non-finite in epoch {epoch + 1}, step "
+                                   f"{int(first_bad_step)} of {steps}; the last good epoch is kept, lower train.lr")
         log = EpochLog(epoch=epoch + 1, lr=lr, losses=mean_losses)
         result.history.append(log)
+        if on_state is not None:
+            on_state(capture(where, epoch + 1, model, optimizer, schedule, generator, result.history))
         if on_epoch is not None:
             on_epoch(log)
     model.eval()

@@ -1,0 +1,105 @@
+"""Exact resume: everything a generation's training needs to continue from the end of an epoch.
+
+The state is one safetensors file (tensors) whose metadata holds the rest as JSON, written
+atomically, so a kill at any instant leaves the previous epoch's state or the new one. Nothing
+here unpickles: optimizer and schedule states are split into tensors and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from kdgen.checkpoint import atomic_write
+from kdgen.errors import CheckpointError
+
+FORMAT = "kdgen-epoch-state-1"
+
+
+@dataclass
+class EpochState:
+    """Training state after ``epoch`` completed epochs of one unit."""
+
+    unit: str
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any]
+    generator: torch.Tensor
+    torch_rng: torch.Tensor
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def capture(unit: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+            schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+            history: list[Any]) -> EpochState:
+    """Snapshot (copies, on the CPU) of everything that determines the rest of the training."""
+    return EpochState(
+        unit=unit, epoch=epoch,
+        model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        optimizer=optimizer.state_dict(),
+        schedule={k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"},
+        generator=generator.get_state().clone(), torch_rng=torch.get_rng_state().clone(),
+        history=[asdict(h) if not isinstance(h, dict) else h for h in history],
+    )
+
+
+def restore(state: EpochState, model: nn.Module, optimizer: torch.optim.Optimizer,
+            schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> None:
+    """Load ``state`` into freshly built training objects."""
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    schedule.load_state_dict({**schedule.state_dict(), **state.schedule})
+    generator.set_state(state.generator)
+    torch.set_rng_state(state.torch_rng)
+
+
+def save_state(path: Path, state: EpochState) -> None:
+    """Write ``state`` atomically as safetensors + JSON metadata."""
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.contiguous() for k, v in state.model.items()}
+    optim_meta: dict[str, dict[str, Any]] = {}
+    for index, values in state.optimizer["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                optim_meta.setdefault(str(index), {})[key] = value
+    tensors["rng.generator"] = state.generator
+    tensors["rng.torch"] = state.torch_rng
+    meta = {"format": FORMAT, "unit": state.unit, "epoch": state.epoch,
+            "param_groups": state.optimizer["param_groups"], "optimizer_scalars": optim_meta,
+            "schedule": state.schedule, "history": state.history}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kdgen": json.dumps(meta)}))
+
+
+def load_state(path: Path) -> EpochState:
+    """Read a state written by :func:`save_state`; anything else is a :class:`CheckpointError`."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["kdgen"])
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a kdgen training state ({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a kdgen training state (unknown format)")
+    optimizer_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state.setdefault(int(index), {})[name] = value
+    for index, values in meta["optimizer_scalars"].items():
+        optimizer_state.setdefault(int(index), {}).update(values)
+    return EpochState(
+        unit=meta["unit"], epoch=int(meta["epoch"]),
+        model={k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")},
+        optimizer={"state": optimizer_state, "param_groups": meta["param_groups"]},
+        schedule=meta["schedule"], generator=tensors["rng.generator"], torch_rng=tensors["rng.torch"],
+        history=meta["history"],
+    )

@@ -1,0 +1,69 @@
+"""Exact resume: SIGKILL a real run at random moments, resume, and get a bit-identical results.json."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kdgen.checkpoint import load_state
+
+TINY = ["data.name=synthetic", "data.num_train=256", "data.num_test=24", "data.image_size=8", "data.channels=1",
+        "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=3", "train.batch_size=16", "seeds=[0]",
+        "generations.count=2", "tolerance.k=3", "--no-progress"]
+
+
+def start(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "kdgen", "run", "--out", str(out), *TINY, *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_identical_results(tmp_path):
+    reference = tmp_path / "reference"
+    assert start(reference).wait(timeout=300) == 0
+    expected = (reference / "results.json").read_bytes()
+
+    out = tmp_path / "killed"
+    rng = random.Random(1234)
+    kills = 0
+    process = start(out)
+    for _ in range(4):
+        time.sleep(rng.uniform(2.0, 5.0))  # interpreter start-up takes ~2 s: kill during training
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        process = start(out, "--resume")
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    assert kills >= 2
+    assert (out / "results.json").read_bytes() == expected
+    for checkpoint in (reference / "checkpoints").iterdir():
+        # safetensors orders header metadata arbitrarily, so compare contents, not bytes
+        resumed, original = load_state(out / "checkpoints" / checkpoint.name), load_state(checkpoint)
+        assert resumed[1] == original[1] and resumed[0].keys() == original[0].keys()
+        assert all(torch.equal(resumed[0][k], original[0][k]) for k in original[0])
+    assert not (out / "state" / "current.safetensors").exists()
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    out = tmp_path / "run"
+    args = [a for a in TINY if a != "train.epochs=3"] + ["train.epochs=1", "seeds=[0]", "generations.count=1"]
+    done = subprocess.run([sys.executable, "-m", "kdgen", "run", "--out", str(out), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = subprocess.run([sys.executable, "-m", "kdgen", "run", "--resume", "--out", str(out), "train.epochs=2",
+                             "tolerance.eta=0.9"], capture_output=True, text=True)
+    assert result.returncode == 2 and "train.epochs" in result.stderr and "tolerance.eta" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # the same config (even with a cosmetic change) resumes a finished run without training anything
+    again = subprocess.run([sys.executable, "-m", "kdgen", "run", "--resume", "--out", str(out), "log.progress=false"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "results.json").read_text())["rows"] == json.loads(before["results.json"])["rows"]
