@@ -14,6 +14,7 @@ def tiny_config(**sections):
         "model": {"name": "cnn-tiny"},
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.05},
         "generations": {"count": 2},
+        "tolerance": {"k": 3},
         "log": {"progress": False},
     }
     for key, value in sections.items():

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from kdgen.config import DataConfig
 
 _SOURCES: dict[str, Callable[["DataConfig"], SourceData]] = {}
-# Modules that register sources when imported; listed here so `names()` is complete without
-# importing heavy dependencies at start-up order surprises.
+# Modules that register sources when imported. They are imported on first use of the registry,
+# so `import kdgen` stays light and `names()` is always complete.
 _SOURCE_MODULES = ("kdgen.data.builtin", "kdgen.data.idx", "kdgen.data.cifar", "kdgen.data.imagefolder")
 
 

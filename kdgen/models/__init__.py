@@ -54,9 +54,21 @@ def build(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     return _MODELS[name](num_classes=num_classes, in_channels=in_channels)
 
 
+def he_init(model: nn.Module) -> None:
+    """He-normal convolutions (fan_out, as in ResNet/WRN/DenseNet), identity BatchNorm, zero Linear biases."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["build", "count_parameters", "names", "register"]
+__all__ = ["build", "count_parameters", "he_init", "names", "register"]
