@@ -90,7 +90,9 @@ class TrainConfig(_Strict):
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     warmup_epochs: float = Field(0.0, ge=0.0)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16 or
+    # AMX), else fp32. Measured on the digits default: 2x faster, accuracy within seed noise (README).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # NHWC activations: oneDNN and cuDNN convolutions are faster in this layout (1.5x measured on
     # the 2-core CPU for the small CNN, more with bf16).
     channels_last: bool = True

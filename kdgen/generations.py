@@ -31,7 +31,8 @@ from kdgen.metrics import classification_metrics, predict_probs
 from kdgen.objective import GenerationObjective, Tolerance
 from kdgen.resume import EpochState
 from kdgen.store import RunStore
-from kdgen.train import EpochLog, freeze_teacher, resolve_device, train_generation
+from kdgen.device import resolve_device
+from kdgen.train import EpochLog, freeze_teacher, train_generation
 
 ModelFactory = Callable[[], nn.Module]
 Row = dict[str, object]

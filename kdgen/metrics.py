@@ -8,6 +8,7 @@ from torch import nn
 from kdgen.augment import Normalizer
 from kdgen.batches import eval_batches
 from kdgen.data.base import AnySplit
+from kdgen.device import resolve_precision
 
 ECE_BINS = 15
 
@@ -27,7 +28,8 @@ def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, 
     memory_format = torch.channels_last if parameter.dim() == 4 and parameter.is_contiguous(
         memory_format=torch.channels_last) and not parameter.is_contiguous() else torch.contiguous_format
     outputs = []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=resolve_precision(precision, device) == "bf16")
     for images, _ in eval_batches(split, batch_size, device, workers):
         with autocast:
             logits = model(normalizer(images).contiguous(memory_format=memory_format))

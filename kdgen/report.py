@@ -64,7 +64,7 @@ def paired_differences(rows: Iterable[Row], arm_a: str = "tolerant", arm_b: str 
             continue
         diffs = np.array([a[s] - b[s] for s in seeds])
         p_value = float("nan")
-        if len(seeds) >= 2 and np.ptp(diffs) > 0:
+        if len(seeds) >= 2 and np.ptp(diffs) > 1e-9:  # identical differences: the t statistic is undefined
             p_value = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
         result.append({"generation": generation, "n": len(seeds), "mean": float(diffs.mean()),
                        "std": float(diffs.std(ddof=1)) if len(seeds) > 1 else 0.0, "p": p_value})

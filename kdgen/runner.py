@@ -18,6 +18,7 @@ from kdgen.generations import GenerationsRunner, Row
 from kdgen.models import build
 from kdgen.report import build_report, console_summary
 from kdgen.store import RunStore
+from kdgen.device import resolve_device, resolve_precision
 
 # Settings that do not change results: they may differ when resuming.
 COSMETIC_KEYS = ("log.",)
@@ -97,13 +98,20 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
     if resume and (not out.exists() or (out.is_dir() and not any(out.iterdir()))):
         resume = False  # killed before anything was written: there is nothing to continue, start afresh
     if resume:
-        differing = config_differences(saved_config(out), cfg)
+        saved = saved_config(out)
+        if cfg.train.precision == "auto":  # "auto" resolves to what the saved run recorded, on the same machine
+            precision = resolve_precision("auto", resolve_device(cfg.train.device))
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
+        differing = config_differences(saved, cfg)
         if differing:
             raise UserError(f"--resume: the config differs from the one {str(out)!r} was started with, in: "
                             f"{', '.join(differing)}")
     else:
         out = new_run_dir() if out is None else out
         check_new_out_dir(out)
+    # config.yaml records what actually runs, not "auto".
+    precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
     data = load_bundle(cfg.data)
     check_against_data(cfg, data)
     make_out_dir(out)
@@ -114,7 +122,7 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
         store.write_results(complete=False)
     if echo:
         print(f"kdgen: {cfg.data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
-              f"{data.num_classes} classes), model {cfg.model.name}, arms {cfg.generations.arms}, "
+              f"{data.num_classes} classes), model {cfg.model.name} ({cfg.train.precision}), arms {cfg.generations.arms}, "
               f"seeds {cfg.seeds}, patriarch + {cfg.generations.count} generations -> {out}"
               + (f" (resuming: {len(store.done)} models done)" if resume else ""), flush=True)
 

@@ -18,6 +18,7 @@ from kdgen.augment import Normalizer
 from kdgen.batches import TrainBatches
 from kdgen.config import TrainConfig
 from kdgen.data.base import DataBundle
+from kdgen.device import resolve_device, resolve_precision  # noqa: F401  (re-exported for callers)
 from kdgen.errors import UserError
 from kdgen.objective import GenerationObjective
 from kdgen.resume import EpochState, capture, restore
@@ -38,15 +39,6 @@ class EpochLog:
 class TrainResult:
     history: list[EpochLog] = field(default_factory=list)
     steps: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def freeze_teacher(model: nn.Module) -> nn.Module:
@@ -122,7 +114,8 @@ def train_generation(
     steps = len(batches)
     optimizer = make_optimizer(model, recipe)
     schedule = make_schedule(optimizer, recipe, steps)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+    precision = resolve_precision(recipe.precision, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     result = TrainResult()
     start_epoch = 0
     if resume_from is not None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from kdgen.cli import main
 from kdgen.config import load_config
@@ -31,6 +33,13 @@ SMOKE_CLASSES = {"cifar100": 100, "imagefolder": 100}
 
 def _config_id(path: Path) -> str:
     return str(path.relative_to(CONFIG_DIR))
+
+
+def _data_name(path: Path) -> str | None:
+    return (yaml.safe_load(path.read_text(encoding="utf-8")).get("data") or {}).get("name")
+
+
+IMAGEFOLDER_CONFIGS = [p for p in CONFIGS if _data_name(p) == "imagefolder"]
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +87,32 @@ def test_config_runs_on_synthetic_data(config, tmp_path):
     resolved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
     assert resolved["model"]["name"] == source["model"]["name"]
     assert resolved["train"]["precision"] == source.get("train", {}).get("precision", "fp32")
+
+
+def _tiny_image_folder(root: Path, classes: int = 6, train_per_class: int = 3) -> None:
+    """``root/train/<class>/`` and ``root/val/<class>/`` with a few small JPEGs and PNGs of varied sizes."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_per_class), ("val", 1)):
+        for label in range(classes):
+            folder = root / split / f"n{label:08d}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                width, height = int(rng.integers(36, 60)), int(rng.integers(36, 60))
+                pixels = np.clip(rng.normal(30 + 35 * label, 40, (height, width, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", IMAGEFOLDER_CONFIGS, ids=_config_id)
+def test_imagefolder_config_runs_on_a_tiny_folder(config, tmp_path):
+    """The ImageNet recipes' own data path (a class-folder tree, streamed as the recipe says), at 32 px."""
+    _tiny_image_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    code = main(["run", "--config", str(config), "--out", str(out), "--no-progress",
+                 f"data.root={tmp_path / 'images'}", "data.workers=0", "data.train_crop=32",
+                 "data.eval_resize=36", "data.eval_crop=32", "train.epochs=1", "train.batch_size=6",
+                 "generations.count=1", "generations.arms=[tolerant]"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    test_rows = [r for r in results["rows"] if r["kind"] == "single" and r["split"] == "test"]
+    assert len(test_rows) == 2 * len(yaml.safe_load(config.read_text(encoding="utf-8"))["seeds"])
