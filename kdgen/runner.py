@@ -31,6 +31,9 @@ def check_against_data(cfg: Config, data: DataBundle) -> None:
                           f"{cfg.data.name}")
     if len(data.train) < 2:
         raise ConfigError(f"data: the training split has {len(data.train)} example(s) after holding out validation data")
+    if len(data.val) == 0:
+        raise ConfigError(f"data.val_fraction: the val split of {cfg.data.name} is empty (too few images per class "
+                          f"to hold any out); use more data or a larger data.val_fraction")
 
 
 def new_run_dir(base: Path = Path("runs")) -> Path:

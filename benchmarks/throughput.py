@@ -1,0 +1,234 @@
+"""Throughput of kdgen's distillation step against a standard-recipe loop, with FLOPs and utilisation.
+
+Workload (issue 5): a ResNet-20 student learning from a frozen ResNet-20 teacher, 100 classes, 32x32x3
+synthetic images, batch 128. Measured in one run, on whatever device is there:
+
+1. kdgen's step (resident uint8 data, batched crop/flip on the device, channels_last, the configured
+   precision, teacher under inference mode), through kdgen's own training loop;
+2. the same work through a standard recipe written here: a ``Dataset`` doing per-sample random crop and
+   flip, a ``DataLoader``, fp32, teacher under ``no_grad``;
+3. FLOPs per step (``torch.utils.flop_counter``) and utilisation against this machine's measured bf16
+   and fp32 matmul peaks;
+4. a whole pipeline (patriarch + one student, training and evaluation) both ways.
+
+Usage::
+
+    python benchmarks/throughput.py                 # CPU defaults: short runs
+    python benchmarks/throughput.py --steps 200 --pipeline-images 51200   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdgen.config import build_config
+from kdgen.data import load_bundle
+from kdgen.device import resolve_device, resolve_precision
+from kdgen.generations import GenerationsRunner
+from kdgen.models import build
+from kdgen.objective import GenerationObjective
+from kdgen.train import freeze_teacher, train_generation
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, seconds: float = 2.0) -> float:
+    """Sustained FLOP/s of a square matmul: the machine's practical peak for ``dtype``."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+        if device.type == "cuda" and count % 20:
+            continue
+        sync(device)
+    sync(device)
+    return 2 * size**3 * count / (time.perf_counter() - start)
+
+
+def synthetic_config(num_train: int, precision: str, epochs: int = 1, arms: str = "strict", count: int = 1):
+    return build_config({
+        "seeds": [0], "data": {"name": "synthetic", "num_train": num_train, "num_test": 1024, "image_size": 32,
+                               "channels": 3, "num_classes": 100, "val_fraction": 0.1},
+        "model": {"name": "resnet20"}, "train": {"epochs": epochs, "batch_size": 128, "precision": precision},
+        "generations": {"count": count, "arms": [arms]}, "tolerance": {"k": 5}, "log": {"progress": False}})
+
+
+def kdgen_step_rate(steps: int, precision: str, device: torch.device) -> float:
+    """Images per second of kdgen's distillation step, measured through train_generation."""
+    cfg = synthetic_config(128 * steps, precision)
+    data = load_bundle(cfg.data)
+    teacher = freeze_teacher(build("resnet20", 100, 3).to(device, memory_format=torch.channels_last))
+    objective = GenerationObjective(distill_weight=0.7, temperature=2.0)
+    warm = synthetic_config(128 * 3, precision)
+    warm_data = load_bundle(warm.data)
+    train_generation(build("resnet20", 100, 3), warm_data, warm.train, objective, seed=1, teacher=teacher, device=device)
+    student = build("resnet20", 100, 3)
+    sync(device)
+    start = time.perf_counter()
+    result = train_generation(student, data, cfg.train, objective, seed=0, teacher=teacher, device=device)
+    sync(device)
+    return result.steps * 128 / (time.perf_counter() - start)
+
+
+class CropFlipDataset(Dataset):
+    """The standard recipe: per-sample float conversion, pad-4 random crop and flip."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(MEAN).view(3, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = (self.images[index].float() / 255 - self.mean) / self.std
+        image = F.pad(image, (4, 4, 4, 4))
+        top, left = torch.randint(0, 9, (2,)).tolist()
+        image = image[:, top:top + 32, left:left + 32]
+        if torch.rand(()) < 0.5:
+            image = image.flip(2)
+        return image, self.labels[index]
+
+
+def standard_epoch(student, teacher, loader, optimizer, device, kd: bool) -> int:
+    student.train()
+    seen = 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = student(images)
+        loss = F.cross_entropy(logits, labels)
+        if kd:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            kl = F.kl_div(F.log_softmax(logits / 2, 1), F.softmax(teacher_logits / 2, 1), reduction="batchmean")
+            loss = 0.3 * loss + 0.7 * 4 * kl
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(labels)
+    return seen
+
+
+def standard_loader(num_images: int, workers: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (num_images, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 100, (num_images,), generator=generator)
+    return DataLoader(CropFlipDataset(images, labels), batch_size=128, shuffle=True, drop_last=True,
+                      num_workers=workers)
+
+
+def standard_step_rate(steps: int, device: torch.device, workers: int) -> float:
+    teacher = build("resnet20", 100, 3).to(device).eval()
+    student = build("resnet20", 100, 3).to(device)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    standard_epoch(student, teacher, standard_loader(128 * 3, workers), optimizer, device, kd=True)  # warm-up
+    loader = standard_loader(128 * steps, workers)
+    sync(device)
+    start = time.perf_counter()
+    seen = standard_epoch(student, teacher, loader, optimizer, device, kd=True)
+    sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def step_flops(device: torch.device) -> float:
+    """FLOPs of one distillation step: teacher forward + student forward and backward, batch 128."""
+    teacher = build("resnet20", 100, 3).to(device).eval()
+    student = build("resnet20", 100, 3).to(device)
+    images = torch.randn(128, 3, 32, 32, device=device)
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            teacher(images)
+        student(images).sum().backward()
+    return float(counter.get_total_flops())
+
+
+def kdgen_pipeline_seconds(num_train: int, epochs: int, precision: str) -> float:
+    cfg = synthetic_config(num_train, precision, epochs=epochs)
+    start = time.perf_counter()
+    data = load_bundle(cfg.data)
+    GenerationsRunner(cfg, data, lambda: build("resnet20", 100, 3)).run()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def standard_evaluate(model, images: torch.Tensor, device) -> None:
+    model.eval()
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    for start in range(0, len(images), 128):
+        model(((images[start:start + 128].float() / 255 - mean) / std).to(device))
+
+
+def standard_pipeline_seconds(num_train: int, epochs: int, device: torch.device, workers: int) -> float:
+    start = time.perf_counter()
+    cfg = synthetic_config(num_train, "fp32", epochs=epochs)
+    data = load_bundle(cfg.data)
+    loader = DataLoader(CropFlipDataset(data.train.images, data.train.labels), batch_size=128, shuffle=True,
+                        drop_last=True, num_workers=workers)
+    teacher = None
+    for kd in (False, True):
+        model = build("resnet20", 100, 3).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        for _ in range(epochs):
+            standard_epoch(model, teacher, loader, optimizer, device, kd=kd)
+        standard_evaluate(model, data.val.images, device)
+        standard_evaluate(model, data.test.images, device)
+        teacher = model.eval()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per step-rate measurement")
+    parser.add_argument("--pipeline-images", type=int, default=5120, help="training images for the pipeline runs")
+    parser.add_argument("--pipeline-epochs", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the standard recipe")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    device = resolve_device("auto")
+    precision = resolve_precision("auto", device)
+    peak_size = 4096 if device.type == "cuda" else 2048
+    figures: dict[str, float | str] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                                       "threads": torch.get_num_threads(), "precision": precision}
+    figures["peak_bf16_tflops"] = matmul_peak(torch.bfloat16, device, peak_size) / 1e12
+    figures["peak_fp32_tflops"] = matmul_peak(torch.float32, device, peak_size) / 1e12
+    figures["flops_per_step_g"] = step_flops(device) / 1e9
+    figures["kdgen_img_s"] = kdgen_step_rate(args.steps, precision, device)
+    figures["kdgen_fp32_img_s"] = kdgen_step_rate(args.steps, "fp32", device)
+    figures["standard_img_s"] = standard_step_rate(args.steps, device, args.workers)
+    figures["step_ratio"] = figures["kdgen_img_s"] / figures["standard_img_s"]
+    achieved = figures["kdgen_img_s"] / 128 * figures["flops_per_step_g"] * 1e9
+    peak = figures["peak_bf16_tflops"] if precision == "bf16" else figures["peak_fp32_tflops"]
+    figures["kdgen_tflops"] = achieved / 1e12
+    figures["utilisation_vs_peak"] = achieved / (peak * 1e12)
+    figures["kdgen_pipeline_s"] = kdgen_pipeline_seconds(args.pipeline_images, args.pipeline_epochs, precision)
+    figures["standard_pipeline_s"] = standard_pipeline_seconds(args.pipeline_images, args.pipeline_epochs, device,
+                                                               args.workers)
+    figures["pipeline_ratio"] = figures["standard_pipeline_s"] / figures["kdgen_pipeline_s"]
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
