@@ -52,12 +52,14 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """top1 (percent), nll (nats), ece (fraction) and, with more than 10 classes, top5 (percent)."""
+    """top1 (percent), nll (nats), ece (fraction), conf (mean top-1 probability: how strict the model
+    is; a tolerant teacher's is lower) and, with more than 10 classes, top5 (percent)."""
     labels = labels.cpu()
     metrics = {
         "top1": 100.0 * float((probs.argmax(dim=1) == labels).double().mean()),
         "nll": float(-probs.gather(1, labels.view(-1, 1)).clamp_min(1e-12).log().mean()),
         "ece": expected_calibration_error(probs, labels),
+        "conf": float(probs.max(dim=1).values.double().mean()),
     }
     if probs.shape[1] > 10:
         top5 = probs.topk(5, dim=1).indices

@@ -19,7 +19,7 @@ from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
 
 Row = dict[str, object]
-METRICS = ("top1", "top5", "nll", "ece")
+METRICS = ("top1", "top5", "nll", "ece", "conf")
 ARM_ORDER = {"baseline": 0, "strict": 1, "tolerant": 2}
 
 
@@ -99,8 +99,9 @@ def summary_table(summary: list[dict[str, object]], split: str) -> tuple[list[st
     """Header and rows: one line per arm × generation, single and ensemble side by side."""
     index = {(e["kind"], e["arm"], e["generation"]): e for e in summary if e["split"] == split}
     has_top5 = any("top5_mean" in e for e in index.values())
+    has_conf = any("conf_mean" in e for e in index.values())
     header = ["arm", "gen", "n", "top1 single", "top1 ensemble"] + (["top5 single"] if has_top5 else []) + \
-             ["NLL single", "ECE single", "NLL ensemble"]
+             ["NLL single", "ECE single", "NLL ensemble"] + (["confidence single"] if has_conf else [])
     keys = sorted({(arm, gen) for (_, arm, gen) in index}, key=lambda k: (_key_order(str(k[0])), k[1]))
     body = []
     for arm, gen in keys:
@@ -109,6 +110,8 @@ def summary_table(summary: list[dict[str, object]], split: str) -> tuple[list[st
         if has_top5:
             line.append(_fmt(single, "top5"))
         line += [_fmt(single, "nll", 3), _fmt(single, "ece", 3), _fmt(ensemble, "nll", 3)]
+        if has_conf:
+            line.append(_fmt(single, "conf", 3))
         body.append(line)
     return header, body
 
@@ -192,7 +195,8 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
         header, body = diff_table(rows, split)
         if body:
             sections.append((f"Paired differences, {split} split", markdown_table(header, body)))
-    intro = [f"Seeds: {seeds} ({len(seeds)}). Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins.",
+    intro = [f"Seeds: {seeds} ({len(seeds)}). Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins; "
+             "confidence is the mean top-1 probability (a tolerant patriarch's is lower than a strict one's).",
              "Ensembles average the softmax of generations 1..g (students only; baseline: independent models 1..g).",
              "Paired differences pair runs by seed; p is a two-sided paired t-test (n/a below two seeds)."]
     if best is not None:

@@ -88,6 +88,12 @@ def saved_config(out: Path) -> Config:
     return build_config(read_yaml(path), str(path))
 
 
+def with_resolved_precision(cfg: Config) -> Config:
+    """``cfg`` with ``train.precision: auto`` replaced by what it means on this machine."""
+    precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
+
+
 def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False, echo: bool = True) -> tuple[Path, list[Row]]:
     """Run every arm, seed and generation of ``cfg``; write the run folder; return it and the rows.
 
@@ -101,20 +107,14 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
     if resume and (not out.exists() or (out.is_dir() and not any(out.iterdir()))):
         resume = False  # killed before anything was written: there is nothing to continue, start afresh
     if resume:
-        saved = saved_config(out)
-        if cfg.train.precision == "auto":  # "auto" resolves to what the saved run recorded, on the same machine
-            precision = resolve_precision("auto", resolve_device(cfg.train.device))
-            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
-        differing = config_differences(saved, cfg)
+        differing = config_differences(with_resolved_precision(saved_config(out)), with_resolved_precision(cfg))
         if differing:
             raise UserError(f"--resume: the config differs from the one {str(out)!r} was started with, in: "
                             f"{', '.join(differing)}")
     else:
         out = new_run_dir() if out is None else out
         check_new_out_dir(out)
-    # config.yaml records what actually runs, not "auto".
-    precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
+    cfg = with_resolved_precision(cfg)  # config.yaml records what actually runs, not "auto"
     data = load_bundle(cfg.data)
     check_against_data(cfg, data)
     make_out_dir(out)

@@ -12,7 +12,7 @@ import torch
 
 from kdgen.checkpoint import load_state
 
-TINY = ["data.name=synthetic", "data.num_train=256", "data.num_test=24", "data.image_size=8", "data.channels=1",
+TINY = ["data.name=synthetic", "data.num_train=640", "data.num_test=24", "data.image_size=8", "data.channels=1",
         "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=3", "train.batch_size=16", "seeds=[0]",
         "generations.count=2", "tolerance.k=3", "--no-progress"]
 
@@ -25,15 +25,18 @@ def start(out, *extra):
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_identical_results(tmp_path):
     reference = tmp_path / "reference"
+    began = time.perf_counter()
     assert start(reference).wait(timeout=300) == 0
+    duration = time.perf_counter() - began
     expected = (reference / "results.json").read_bytes()
 
     out = tmp_path / "killed"
     rng = random.Random(1234)
     kills = 0
     process = start(out)
-    for _ in range(4):
-        time.sleep(rng.uniform(2.0, 5.0))  # interpreter start-up takes ~2 s: kill during training
+    for _ in range(3):
+        # Each kill lands somewhere in the first half of a (resumed) run, after interpreter start-up.
+        time.sleep(rng.uniform(0.25, 0.5) * duration)
         if process.poll() is not None:
             break
         process.send_signal(signal.SIGKILL)
