@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from kdgen import __version__
 from kdgen.errors import UserError
@@ -73,25 +73,40 @@ def _run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, overrides)
     out = args.out
-    _stop_on_sigterm()
+    restore_handlers = _stop_on_signals()
     try:
         run_experiment(cfg, out, resume=args.resume)
     except KeyboardInterrupt:
         where = f" --out {out}" if out is not None else ""
-        print(f"kdgen: interrupted; the last finished epoch is saved: continue with kdgen run --resume{where}",
+        print(f"kdgen: interrupted; the training state is saved: continue with kdgen run --resume{where}",
               file=sys.stderr)
         return 130
+    finally:
+        restore_handlers()
     return 0
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (kill, a scheduler's pre-emption) stops like Ctrl-C: the last epoch's state is on disk."""
+def _stop_on_signals() -> Callable[[], None]:
+    """SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler's pre-emption) stop training at the next step
+    boundary, after saving the exact state there; a second Ctrl-C stops at once. Returns a function
+    that puts the previous handlers back."""
     import signal
 
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    from kdgen.train import StopRequest
 
-    signal.signal(signal.SIGTERM, handler)
+    def handler(signum: int, frame: object) -> None:
+        if StopRequest.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        StopRequest.requested = True
+
+    StopRequest.requested = False
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -96,7 +96,6 @@ class TrainConfig(_Strict):
     # NHWC activations: oneDNN and cuDNN convolutions are faster in this layout (1.5x measured on
     # the 2-core CPU for the small CNN, more with bf16).
     channels_last: bool = True
-    compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(1024, ge=1)
 

@@ -7,6 +7,7 @@ here unpickles: optimizer and schedule states are split into tensors and JSON.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,14 @@ FORMAT = "kdgen-epoch-state-1"
 
 @dataclass
 class EpochState:
-    """Training state after ``epoch`` completed epochs of one unit."""
+    """Training state after ``epoch`` completed epochs (plus ``step`` steps of the next) of one unit.
+
+    For a mid-epoch state (``step > 0``, written when a run is stopped by a signal), ``generator``
+    is the state at the *start* of the interrupted epoch: resuming replays that epoch's random draws
+    for the first ``step`` batches without training on them, so the rest of the epoch sees exactly
+    the batches it would have seen. ``loss_sums`` and ``first_bad_step`` are the epoch's running
+    bookkeeping at that point.
+    """
 
     unit: str
     epoch: int
@@ -35,19 +43,25 @@ class EpochState:
     generator: torch.Tensor
     torch_rng: torch.Tensor
     history: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+    loss_sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    first_bad_step: int = -1
 
 
 def capture(unit: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-            schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
-            history: list[Any]) -> EpochState:
+            schedule: torch.optim.lr_scheduler.LRScheduler, generator_state: torch.Tensor,
+            history: list[Any], *, step: int = 0, loss_sums: dict[str, torch.Tensor] | None = None,
+            first_bad_step: int = -1) -> EpochState:
     """Snapshot (copies, on the CPU) of everything that determines the rest of the training."""
     return EpochState(
         unit=unit, epoch=epoch,
         model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        optimizer=optimizer.state_dict(),
+        optimizer=copy.deepcopy(optimizer.state_dict()),
         schedule={k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"},
-        generator=generator.get_state().clone(), torch_rng=torch.get_rng_state().clone(),
+        generator=generator_state.clone(), torch_rng=torch.get_rng_state().clone(),
         history=[asdict(h) if not isinstance(h, dict) else h for h in history],
+        step=step, loss_sums={k: v.detach().cpu().clone() for k, v in (loss_sums or {}).items()},
+        first_bad_step=first_bad_step,
     )
 
 
@@ -73,7 +87,9 @@ def save_state(path: Path, state: EpochState) -> None:
                 optim_meta.setdefault(str(index), {})[key] = value
     tensors["rng.generator"] = state.generator
     tensors["rng.torch"] = state.torch_rng
-    meta = {"format": FORMAT, "unit": state.unit, "epoch": state.epoch,
+    tensors.update({f"sums.{k}": v.reshape(()).contiguous() for k, v in state.loss_sums.items()})
+    meta = {"format": FORMAT, "unit": state.unit, "epoch": state.epoch, "step": state.step,
+            "first_bad_step": state.first_bad_step,
             "param_groups": state.optimizer["param_groups"], "optimizer_scalars": optim_meta,
             "schedule": state.schedule, "history": state.history}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kdgen": json.dumps(meta)}))
@@ -101,5 +117,6 @@ def load_state(path: Path) -> EpochState:
         model={k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")},
         optimizer={"state": optimizer_state, "param_groups": meta["param_groups"]},
         schedule=meta["schedule"], generator=tensors["rng.generator"], torch_rng=tensors["rng.torch"],
-        history=meta["history"],
+        history=meta["history"], step=int(meta.get("step", 0)), first_bad_step=int(meta.get("first_bad_step", -1)),
+        loss_sums={k.removeprefix("sums."): v for k, v in tensors.items() if k.startswith("sums.")},
     )

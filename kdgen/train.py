@@ -24,6 +24,20 @@ from kdgen.objective import GenerationObjective
 from kdgen.resume import EpochState, capture, restore
 
 
+class StopRequest:
+    """A flag a signal handler sets; the training loop stops at the next step boundary and saves its state.
+
+    Stopping between steps (not wherever the signal lands) keeps the saved state consistent: the
+    optimizer step, the schedule step and the loss bookkeeping of the last step all happened.
+    """
+
+    requested = False
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on request; its state up to the last finished step was handed to ``on_state``."""
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite (usually a learning rate that is far too high)."""
 
@@ -117,18 +131,28 @@ def train_generation(
     precision = resolve_precision(recipe.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     result = TrainResult()
-    start_epoch = 0
+    start_epoch, skip_steps = 0, 0
     if resume_from is not None:
         restore(resume_from, model, optimizer, schedule, generator)
-        start_epoch = resume_from.epoch
+        start_epoch, skip_steps = resume_from.epoch, resume_from.step
         result.history = [EpochLog(**h) for h in resume_from.history]
     for epoch in range(start_epoch, recipe.epochs):
+        epoch_generator_state = generator.get_state().clone()
         # Loss sums and the first bad step stay on the device; reading them once per epoch avoids
         # a host-device sync per step.
         sums: dict[str, torch.Tensor] = {}
         first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = schedule.base_lrs[0] * schedule.lr_lambdas[0](epoch * steps)  # the LR this epoch starts at
+        if skip_steps and resume_from is not None:
+            sums = {k: v.to(device) for k, v in resume_from.loss_sums.items()}
+            first_bad_step.fill_(resume_from.first_bad_step)
         for step, (images, targets) in enumerate(batches):
+            if step < skip_steps:
+                continue  # drawn (same RNG use as before the stop) but already trained on
+            if StopRequest.requested and on_state is not None:
+                on_state(capture(where, epoch, model, optimizer, schedule, epoch_generator_state, result.history,
+                                 step=step, loss_sums=sums, first_bad_step=int(first_bad_step)))
+                raise TrainingInterrupted(f"{where}: stopped in epoch {epoch + 1} after step {step}")
             inputs = normalize(images).contiguous(memory_format=memory_format)
             teacher_logits = None
             if teacher is not None:
@@ -147,6 +171,7 @@ def train_generation(
                 sums[name] = sums.get(name, 0.0) + value.detach()
             bad_now = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
             first_bad_step = torch.where(bad_now, torch.full_like(first_bad_step, step + 1), first_bad_step)
+        skip_steps = 0
         mean_losses = {name: float(total) / steps for name, total in sums.items()}
         result.steps += steps
         if int(first_bad_step) >= 0:
@@ -155,7 +180,7 @@ def train_generation(
         log = EpochLog(epoch=epoch + 1, lr=lr, losses=mean_losses)
         result.history.append(log)
         if on_state is not None:
-            on_state(capture(where, epoch + 1, model, optimizer, schedule, generator, result.history))
+            on_state(capture(where, epoch + 1, model, optimizer, schedule, generator.get_state(), result.history))
         if on_epoch is not None:
             on_epoch(log)
     model.eval()

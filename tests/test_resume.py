@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kdgen.checkpoint import load_state
+from kdgen.resume import load_state as load_epoch_state
 
 TINY = ["data.name=synthetic", "data.num_train=640", "data.num_test=24", "data.image_size=8", "data.channels=1",
         "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=3", "train.batch_size=16", "seeds=[0]",
@@ -52,6 +53,29 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
         assert resumed[1] == original[1] and resumed[0].keys() == original[0].keys()
         assert all(torch.equal(resumed[0][k], original[0][k]) for k in original[0])
     assert not (out / "state" / "current.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_signals_save_mid_epoch_state_and_resume_exactly(tmp_path):
+    reference = tmp_path / "reference"
+    began = time.perf_counter()
+    assert start(reference).wait(timeout=300) == 0
+    duration = time.perf_counter() - began
+    out = tmp_path / "stopped"
+    rng = random.Random(99)
+    mid_epoch_states = 0
+    process = start(out)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        time.sleep(rng.uniform(0.3, 0.5) * duration)
+        process.send_signal(sig)
+        assert process.wait(timeout=120) == 130, process.stderr.read()
+        assert "--resume" in process.stderr.read()
+        state = load_epoch_state(out / "state" / "current.safetensors")
+        mid_epoch_states += state.step > 0
+        process = start(out, "--resume")
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    assert mid_epoch_states >= 1  # 32 steps an epoch: a random signal lands inside one
+    assert (out / "results.json").read_bytes() == (reference / "results.json").read_bytes()
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
