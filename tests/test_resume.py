@@ -23,12 +23,17 @@ def start(out, *extra):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_gives_identical_results(tmp_path):
+def reference_run(tmp_path):
+    """An uninterrupted run: its folder and how long it took (kill times are drawn as fractions of it)."""
     reference = tmp_path / "reference"
     began = time.perf_counter()
     assert start(reference).wait(timeout=300) == 0
-    duration = time.perf_counter() - began
+    return reference, time.perf_counter() - began
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_identical_results(tmp_path):
+    reference, duration = reference_run(tmp_path)
     expected = (reference / "results.json").read_bytes()
 
     out = tmp_path / "killed"
@@ -57,10 +62,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
 
 @pytest.mark.slow
 def test_signals_save_mid_epoch_state_and_resume_exactly(tmp_path):
-    reference = tmp_path / "reference"
-    began = time.perf_counter()
-    assert start(reference).wait(timeout=300) == 0
-    duration = time.perf_counter() - began
+    reference, duration = reference_run(tmp_path)
     out = tmp_path / "stopped"
     rng = random.Random(99)
     mid_epoch_states = 0
