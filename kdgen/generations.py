@@ -32,6 +32,7 @@ from kdgen.objective import GenerationObjective, Tolerance
 from kdgen.resume import EpochState
 from kdgen.store import RunStore
 from kdgen.device import resolve_device
+from kdgen.errors import UserError
 from kdgen.train import EpochLog, freeze_teacher, train_generation
 
 ModelFactory = Callable[[], nn.Module]
@@ -101,8 +102,10 @@ class GenerationsRunner:
         self.normalize = Normalizer(data.mean, data.std, self.device)
         self.writer = None
         if cfg.log.tensorboard and store is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("log.tensorboard needs the tensorboard package: pip install 'kdgen[tensorboard]'") from None
             self.writer = SummaryWriter(str(store.out_dir / "tensorboard"))
 
     def run(self) -> list[Row]:
