@@ -76,3 +76,6 @@ class RunStore:
 
     def write_results(self, *, complete: bool) -> None:
         write_json(self.results_path, {"rows": self.rows, "done": self.done, "complete": complete})
+        state_dir = self.state_path.parent
+        if complete and state_dir.is_dir() and not any(state_dir.iterdir()):
+            state_dir.rmdir()  # nothing left to resume
