@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from kdgen.errors import CheckpointError
@@ -53,20 +53,32 @@ def save_model(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
-def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a safetensors checkpoint and its metadata; refuse anything that is not one."""
+def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and raw string metadata of a safetensors file, read in one pass.
+
+    Anything that is not a readable safetensors file is a :class:`CheckpointError` saying it is not
+    ``what``. safetensors parses a JSON header and raw buffers only: nothing in the file can run.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: {what} not found")
     try:
-        state = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             raw_meta = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a valid {what} ({reason})") from None
+    return tensors, raw_meta
+
+
+def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors checkpoint and its metadata; refuse anything that is not one."""
+    state, raw_meta = read_safetensors(path, "safetensors checkpoint")
+    try:
         metadata = {key: json.loads(value) for key, value in raw_meta.items()}
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a valid safetensors checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: not a valid safetensors checkpoint (metadata is not JSON)") from None
     return state, metadata
 
 

@@ -187,14 +187,15 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
         plots.append(metric_plot(summary, "test", "ece", run_dir / "plots" / "ece_test.png", "ECE"))
     best = best_unit(rows)
     seeds = sorted({int(r["seed"]) for r in rows})  # type: ignore[arg-type]
-    sections: list[tuple[str, str]] = []
+    # Each table is computed once and rendered twice (markdown and HTML).
+    tables: list[tuple[str, list[str], list[list[str]]]] = []
     for split in ("test", "val"):
         header, body = summary_table(summary, split)
         if body:
-            sections.append((f"{split} split", markdown_table(header, body)))
+            tables.append((f"{split} split", header, body))
         header, body = diff_table(rows, split)
         if body:
-            sections.append((f"Paired differences, {split} split", markdown_table(header, body)))
+            tables.append((f"Paired differences, {split} split", header, body))
     intro = [f"Seeds: {seeds} ({len(seeds)}). Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins; "
              "confidence is the mean top-1 probability (a tolerant patriarch's is lower than a strict one's).",
              "Ensembles average the softmax of generations 1..g (students only; baseline: independent models 1..g).",
@@ -206,17 +207,17 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
     if wall_time_s is not None:
         intro.append(f"Wall time: {wall_time_s:.1f} s.")
     md = ["# kdgen report", "", *intro, ""]
-    for title, table in sections:
-        md += [f"## {title}", "", table, ""]
+    for title, header, body in tables:
+        md += [f"## {title}", "", markdown_table(header, body), ""]
     md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     (run_dir / "report.md").write_text("\n".join(md), encoding="utf-8")
     write_json(run_dir / "summary.json", {"summary": summary})
-    _write_html(run_dir / "report.html", intro, sections, plots, summary, rows)
+    _write_html(run_dir / "report.html", intro, tables, plots)
     return run_dir / "report.md"
 
 
-def _write_html(path: Path, intro: list[str], sections: list[tuple[str, str]], plots: list[Path],
-                summary: list[dict[str, object]], rows: list[Row]) -> None:
+def _write_html(path: Path, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],
+                plots: list[Path]) -> None:
     def table_html(header: list[str], body: list[list[str]]) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         lines = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in body)
@@ -228,13 +229,7 @@ def _write_html(path: Path, intro: list[str], sections: list[tuple[str, str]], p
              "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}",
              "</style></head><body><h1>kdgen report</h1>"]
     parts += [f"<p>{html.escape(line).replace('**', '')}</p>" for line in intro]
-    for split in ("test", "val"):
-        header, body = summary_table(summary, split)
-        if body:
-            parts.append(f"<h2>{split} split</h2>" + table_html(header, body))
-        header, body = diff_table(rows, split)
-        if body:
-            parts.append(f"<h2>Paired differences, {split} split</h2>" + table_html(header, body))
-    parts += [f"<h2>Plots</h2>"] + [f"<img src='plots/{p.name}' alt='{p.stem}'>" for p in plots]
+    parts += [f"<h2>{html.escape(title)}</h2>" + table_html(header, body) for title, header, body in tables]
+    parts += ["<h2>Plots</h2>"] + [f"<img src='plots/{p.name}' alt='{p.stem}'>" for p in plots]
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

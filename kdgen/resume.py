@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from kdgen.checkpoint import atomic_write
+from kdgen.checkpoint import atomic_write, read_safetensors
 from kdgen.errors import CheckpointError
 
 FORMAT = "kdgen-epoch-state-1"
@@ -97,12 +96,11 @@ def save_state(path: Path, state: EpochState) -> None:
 
 def load_state(path: Path) -> EpochState:
     """Read a state written by :func:`save_state`; anything else is a :class:`CheckpointError`."""
+    tensors, raw_meta = read_safetensors(path, "kdgen training state")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})["kdgen"])
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a kdgen training state ({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})") from None
+        meta = json.loads(raw_meta["kdgen"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: not a kdgen training state (no kdgen metadata)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a kdgen training state (unknown format)")
     optimizer_state: dict[int, dict[str, Any]] = {}
