@@ -1,8 +1,11 @@
 """Profile kdgen's distillation step (ResNet-20 from a ResNet-20 teacher, 100 classes, 32x32, batch 128).
 
-Prints the operators that take the most time, so an optimisation starts from evidence::
+Prints the operators that take the most time, so an optimisation starts from evidence, and the
+utilisation ceiling the convolutions alone set: the step's FLOPs over the time spent in convolution
+kernels, against the measured matmul peak. If that ceiling is below a target, no amount of fusing
+the elementwise work (BatchNorm, ReLU, adds) can reach the target::
 
-    python benchmarks/profile_step.py --steps 10 --rows 20
+    python benchmarks/profile_step.py --steps 10 --rows 20 [--compile]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from kdgen.device import resolve_device, resolve_precision
 from kdgen.models import build
 from kdgen.objective import GenerationObjective
 from kdgen.train import freeze_teacher, train_generation
+from throughput import matmul_peak, step_flops  # benchmarks/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -25,12 +29,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="profile with train.compile=true")
     args = parser.parse_args()
     device = resolve_device("auto")
     precision = resolve_precision(args.precision, device)
     cfg = build_config({"data": {"name": "synthetic", "num_train": 128 * args.steps + 128, "image_size": 32,
                                  "channels": 3, "num_classes": 100, "val_fraction": 128 / (128 * args.steps + 128)},
-                        "model": {"name": "resnet20"}, "train": {"epochs": 1, "batch_size": 128, "precision": precision},
+                        "model": {"name": "resnet20"},
+                        "train": {"epochs": 1, "batch_size": 128, "precision": precision, "compile": args.compile},
                         "log": {"progress": False}})
     data = load_bundle(cfg.data)
     teacher = freeze_teacher(build("resnet20", 100, 3).to(device, memory_format=torch.channels_last))
@@ -40,8 +46,18 @@ def main() -> None:
     with profile(activities=activities) as prof:
         train_generation(build("resnet20", 100, 3), data, cfg.train, objective, seed=0, teacher=teacher, device=device)
     sort = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"device {device}, precision {precision}, {args.steps} steps")
-    print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
+    print(f"device {device}, precision {precision}, compile {args.compile}, {args.steps} steps")
+    events = prof.key_averages()
+    print(events.table(sort_by=sort, row_limit=args.rows))
+    if device.type == "cpu":
+        total = sum(e.self_cpu_time_total for e in events) / 1e6 / args.steps
+        conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e6 / args.steps
+        flops = step_flops(device)
+        peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, device, 2048)
+        print(f"per step: {total * 1e3:.1f} ms, of which convolution kernels {conv * 1e3:.1f} ms ({conv / total:.0%})")
+        print(f"achieved {flops / total / 1e12:.3f} TFLOP/s = {flops / total / peak:.1%} of the {precision} peak "
+              f"({peak / 1e12:.2f} TFLOP/s); convolutions alone run at {flops / conv / 1e12:.3f} TFLOP/s, a ceiling "
+              f"of {flops / conv / peak:.1%} even if all other work took no time")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ class TrainConfig(_Strict):
     # NHWC activations: oneDNN and cuDNN convolutions are faster in this layout (1.5x measured on
     # the 2-core CPU for the small CNN, more with bf16).
     channels_last: bool = True
+    # torch.compile for the student and the (BatchNorm-folded) teacher. Off by default: on the 2-core
+    # CPU it pays only for runs long enough to amortise the first compile (docs/performance.md).
+    compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(1024, ge=1)
 

@@ -30,13 +30,12 @@ from kdgen.data.base import DataBundle
 from kdgen.metrics import classification_metrics, predict_probs
 from kdgen.objective import GenerationObjective, Tolerance
 from kdgen.resume import EpochState
-from kdgen.store import RunStore
+from kdgen.store import Row, RunStore
 from kdgen.device import resolve_device
 from kdgen.errors import UserError
 from kdgen.train import EpochLog, freeze_teacher, train_generation
 
 ModelFactory = Callable[[], nn.Module]
-Row = dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,8 @@ class GenerationsRunner:
             for split_name in ("val", "test"):
                 split = getattr(self.data, split_name)
                 probs = predict_probs(student, split, self.normalize, batch_size=self.cfg.train.eval_batch_size,
-                                      precision=self.cfg.train.precision, workers=self.cfg.data.workers)
+                                      precision=self.cfg.train.precision, channels_last=self.cfg.train.channels_last,
+                                      workers=self.cfg.data.workers)
                 new_rows.append(_rows(unit, "single", split_name, classification_metrics(probs, split.labels)))
                 if generation >= 1:
                     member_probs[split_name].append(probs)

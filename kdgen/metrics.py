@@ -15,18 +15,16 @@ ECE_BINS = 15
 
 @torch.inference_mode()
 def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, batch_size: int = 1024,
-                  precision: str = "fp32", workers: int = 0) -> torch.Tensor:
+                  precision: str = "fp32", channels_last: bool = False, workers: int = 0) -> torch.Tensor:
     """Softmax outputs ``(N, C)`` in float32 on the CPU, with the model in eval mode.
 
+    ``channels_last`` feeds NHWC images (as the training loop does with ``train.channels_last``).
     The model's previous train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
-    parameter = next(model.parameters())
-    device = parameter.device
-    # Feed the layout the model's weights are in (channels_last after training with it).
-    memory_format = torch.channels_last if parameter.dim() == 4 and parameter.is_contiguous(
-        memory_format=torch.channels_last) and not parameter.is_contiguous() else torch.contiguous_format
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     outputs = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=resolve_precision(precision, device) == "bf16")

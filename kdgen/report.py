@@ -17,8 +17,8 @@ from scipy import stats
 
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
+from kdgen.store import Row
 
-Row = dict[str, object]
 METRICS = ("top1", "top5", "nll", "ece", "conf")
 ARM_ORDER = {"baseline": 0, "strict": 1, "tolerant": 2}
 

@@ -21,7 +21,7 @@ from kdgen.store import RunStore
 from kdgen.device import resolve_device, resolve_precision
 
 # Settings that do not change results: they may differ when resuming.
-COSMETIC_KEYS = ("log.",)
+COSMETIC_KEYS = ("log.", "train.compile")
 
 
 def check_against_data(cfg: Config, data: DataBundle) -> None:

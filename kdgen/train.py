@@ -20,6 +20,7 @@ from kdgen.config import TrainConfig
 from kdgen.data.base import DataBundle
 from kdgen.device import resolve_device, resolve_precision  # noqa: F401  (re-exported for callers)
 from kdgen.errors import UserError
+from kdgen.fast import check_compile_supported, fold_batchnorm, maybe_compile
 from kdgen.objective import GenerationObjective
 from kdgen.resume import EpochState, capture, restore
 
@@ -108,7 +109,8 @@ def train_generation(
     """Train ``model`` in place for ``recipe.epochs`` epochs on ``data.train``.
 
     ``teacher`` (if given) must be a different object, frozen with :func:`freeze_teacher`; it is
-    run under inference mode on the same augmented batch the student sees. ``seed`` drives the
+    run under inference mode on the same augmented batch the student sees, as a copy with its
+    BatchNorm folded into the convolutions (:func:`kdgen.fast.fold_batchnorm`). ``seed`` drives the
     batch order and augmentation through a private generator (model initialisation is the
     caller's business). ``where`` names the unit in error messages.
 
@@ -122,6 +124,12 @@ def train_generation(
     device = device or torch.device("cpu")
     memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format).train()
+    if recipe.compile:
+        check_compile_supported(device)
+    student = maybe_compile(model, recipe.compile)
+    teach = None
+    if teacher is not None:
+        teach = maybe_compile(fold_batchnorm(teacher).to(device, memory_format=memory_format), recipe.compile)
     normalize = Normalizer(data.mean, data.std, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     batches = TrainBatches(data.train, data.augment, recipe.batch_size, device, generator, workers)
@@ -155,12 +163,12 @@ def train_generation(
                 raise TrainingInterrupted(f"{where}: stopped in epoch {epoch + 1} after step {step}")
             inputs = normalize(images).contiguous(memory_format=memory_format)
             teacher_logits = None
-            if teacher is not None:
+            if teach is not None:
                 with torch.inference_mode(), autocast:
-                    teacher_logits = teacher(inputs)
+                    teacher_logits = teach(inputs)
                 teacher_logits = teacher_logits.clone()  # a normal tensor, usable next to autograd
             with autocast:
-                logits = model(inputs)
+                logits = student(inputs)
             terms = objective.terms(logits, targets, teacher_logits)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)

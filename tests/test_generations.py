@@ -13,16 +13,24 @@ from conftest import tiny_config
 
 
 class Recorder(nn.Module):
-    """A tiny CNN that records, for every forward, its mode, grad and inference-mode state and input."""
+    """A tiny CNN that records, for every forward, its mode, grad and inference-mode state and input.
+
+    It records from a forward pre-hook, which also keeps the teacher from being BatchNorm-folded
+    (a traced copy would not run hooks), so the log shows the teacher object itself.
+    """
 
     def __init__(self, log: list, num_classes: int = 4) -> None:
         super().__init__()
         self.log = log
         self.net = build("cnn-tiny", num_classes, 1)
+        self.register_forward_pre_hook(Recorder.record)
+
+    def record(self, args: tuple) -> None:
+        self.log.append({"model": id(self), "training": self.training, "inference": torch.is_inference_mode_enabled(),
+                         "requires_grad": any(p.requires_grad for p in self.parameters()),
+                         "input": args[0].detach().clone()})
 
     def forward(self, x):
-        self.log.append({"model": id(self), "training": self.training, "inference": torch.is_inference_mode_enabled(),
-                         "requires_grad": any(p.requires_grad for p in self.parameters()), "input": x.detach().clone()})
         return self.net(x)
 
 
