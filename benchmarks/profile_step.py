@@ -53,7 +53,8 @@ def main() -> None:
         total = sum(e.self_cpu_time_total for e in events) / 1e6 / args.steps
         conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e6 / args.steps
         flops = step_flops(device)
-        peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, device, 2048)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        peak = max(matmul_peak(dtype, device, n) for n in (1024, 2048, 4096))
         print(f"per step: {total * 1e3:.1f} ms, of which convolution kernels {conv * 1e3:.1f} ms ({conv / total:.0%})")
         print(f"achieved {flops / total / 1e12:.3f} TFLOP/s = {flops / total / peak:.1%} of the {precision} peak "
               f"({peak / 1e12:.2f} TFLOP/s); convolutions alone run at {flops / conv / 1e12:.3f} TFLOP/s, a ceiling "

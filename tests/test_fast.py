@@ -140,3 +140,18 @@ def test_compile_matches_eager_and_reuses_the_student_graph_across_generations()
     train_generation(reference, data, cfg.train, objective, seed=1, teacher=teacher)
     for (name, a), b in zip(reference.state_dict().items(), student.state_dict().values()):
         torch.testing.assert_close(b.float(), a.float(), rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_evaluation_runs_folded_and_matches_the_model():
+    from kdgen.metrics import predict_probs
+
+    cfg = tiny_config()
+    data = load_bundle(cfg.data)
+    model = trained_looking(build("cnn-tiny", 4, 1)).train()
+    normalize = train_module.Normalizer(data.mean, data.std, torch.device("cpu"))
+    probs = predict_probs(model, data.test, normalize, batch_size=7, channels_last=True)
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        expected = model(normalize(data.test.images)).softmax(dim=-1)
+    torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
