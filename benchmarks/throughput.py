@@ -214,7 +214,7 @@ def standard_pipeline_seconds(num_train: int, epochs: int, device: torch.device,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet20", help="architecture of teacher and student (issue 5: resnet20)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per step-rate measurement")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per step-rate measurement")
     parser.add_argument("--pipeline-images", type=int, default=5120, help="training images for the pipeline runs")
     parser.add_argument("--pipeline-epochs", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the standard recipe")
