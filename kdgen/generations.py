@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdgen.augment import Normalizer
+from kdgen.batches import steps_per_epoch
 from kdgen.config import Config
 from kdgen.data.base import DataBundle
 from kdgen.metrics import classification_metrics, predict_probs
@@ -114,9 +115,10 @@ class GenerationsRunner:
         done = sum(self.store is not None and self.store.is_done(u.name) for u in all_units)
         # Off a terminal (CI logs, files) redraw rarely instead of filling the log with updates.
         interactive = sys.stderr.isatty()
-        with tqdm(total=len(all_units) * self.cfg.train.epochs, unit="epoch", disable=not self.cfg.log.progress,
-                  initial=done * self.cfg.train.epochs, dynamic_ncols=True,
-                  mininterval=0.1 if interactive else 10.0) as bar:
+        # Counted in optimizer steps, so long epochs (ImageNet) show progress and the rate is steps/s.
+        unit_steps = self.cfg.train.epochs * steps_per_epoch(len(self.data.train), self.cfg.train.batch_size)
+        with tqdm(total=len(all_units) * unit_steps, unit="step", disable=not self.cfg.log.progress,
+                  initial=done * unit_steps, dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
             for seed in self.cfg.seeds:
                 for arm in self.cfg.generations.arms:
                     rows.extend(self.run_arm(arm, seed, bar))
@@ -171,7 +173,8 @@ class GenerationsRunner:
         student = self.model_factory().to(self.device)
         resume_from = self.store.pending_state(unit.name) if self.store is not None else None
         if bar is not None and resume_from is not None:
-            bar.update(resume_from.epoch)
+            bar.update(resume_from.epoch * steps_per_epoch(len(self.data.train), self.cfg.train.batch_size)
+                       + resume_from.step)
 
         def on_state(state: EpochState) -> None:
             state.unit = unit.name
@@ -182,7 +185,6 @@ class GenerationsRunner:
 
         def on_epoch(log: EpochLog) -> None:
             if bar is not None:
-                bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in log.losses.items()}, refresh=False)
             if self.writer is not None:
                 step = log.epoch
@@ -192,6 +194,7 @@ class GenerationsRunner:
 
         train_generation(student, self.data, self.cfg.train, objective_for(self.cfg, unit.arm, unit.generation),
                          seed=unit.stream_seed, teacher=teacher, device=self.device, on_epoch=on_epoch,
+                         on_step=(lambda: bar.update(1)) if bar is not None else None,
                          where=f"arm {unit.arm}, seed {unit.seed}, generation {unit.generation}",
                          workers=self.cfg.data.workers, resume_from=resume_from,
                          on_state=on_state if self.store is not None else None)

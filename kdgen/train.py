@@ -101,6 +101,7 @@ def train_generation(
     teacher: nn.Module | None = None,
     device: torch.device | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    on_step: Callable[[], None] | None = None,
     where: str = "",
     workers: int = 0,
     resume_from: EpochState | None = None,
@@ -114,7 +115,8 @@ def train_generation(
     batch order and augmentation through a private generator (model initialisation is the
     caller's business). ``where`` names the unit in error messages.
 
-    Exact resume: ``on_state`` receives the full training state after every epoch (the caller
+    ``on_step`` is called after every optimizer step (a progress bar; it must not read tensors,
+    which would sync the device). Exact resume: ``on_state`` receives the full training state after every epoch (the caller
     saves it), and ``resume_from`` continues from such a state as if training had never stopped.
     """
     if teacher is model:
@@ -179,6 +181,8 @@ def train_generation(
                 sums[name] = sums.get(name, 0.0) + value.detach()
             bad_now = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
             first_bad_step = torch.where(bad_now, torch.full_like(first_bad_step, step + 1), first_bad_step)
+            if on_step is not None:
+                on_step()
         skip_steps = 0
         mean_losses = {name: float(total) / steps for name, total in sums.items()}
         result.steps += steps

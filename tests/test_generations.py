@@ -147,3 +147,11 @@ def test_best_checkpoint_is_chosen_on_val_not_test():
 def test_freeze_teacher():
     model = freeze_teacher(build("cnn-tiny", 4, 1).train())
     assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_progress_bar_counts_every_optimizer_step(tiny_data, capsys):
+    cfg = tiny_config(log={"progress": True}, generations={"count": 1, "arms": ["strict"]})
+    GenerationsRunner(cfg, tiny_data, lambda: build("cnn-tiny", 4, 1)).run()
+    steps = 2 * cfg.train.epochs * (len(tiny_data.train) // cfg.train.batch_size)  # patriarch + 1 student
+    final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert f" {steps}/{steps} " in final and "step" in final
