@@ -211,7 +211,7 @@ def standard_pipeline_seconds(num_train: int, epochs: int, device: torch.device,
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet20", help="architecture of teacher and student (issue 5: resnet20)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per step-rate measurement")
@@ -220,10 +220,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the standard recipe")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure train.compile=true (step, compile time, pipeline)")
+    parser.add_argument("--peak-seconds", type=float, default=2.0, help="timing per matmul size for the peaks")
     parser.add_argument("--warm-compile-cache", action="store_true",
                         help="use inductor's usual on-disk cache instead of a fresh one (compile_seconds drops)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     global ARCH
     ARCH = args.model
     if args.compile and not args.warm_compile_cache:
@@ -235,8 +236,8 @@ def main() -> None:
     peak_sizes = (4096, 8192) if device.type == "cuda" else (1024, 2048, 4096)
     figures: dict[str, float | str] = {"model": ARCH, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                                        "threads": torch.get_num_threads(), "precision": precision}
-    figures["peak_bf16_tflops"] = max(matmul_peak(torch.bfloat16, device, n) for n in peak_sizes) / 1e12
-    figures["peak_fp32_tflops"] = max(matmul_peak(torch.float32, device, n) for n in peak_sizes) / 1e12
+    for name, dtype in (("peak_bf16_tflops", torch.bfloat16), ("peak_fp32_tflops", torch.float32)):
+        figures[name] = max(matmul_peak(dtype, device, n, args.peak_seconds) for n in peak_sizes) / 1e12
     figures["flops_per_step_g"] = step_flops(device) / 1e9
     figures["kdgen_img_s"], _ = kdgen_step_rate(args.steps, precision, device)
     figures["kdgen_fp32_img_s"], _ = kdgen_step_rate(args.steps, "fp32", device)

@@ -24,3 +24,17 @@ def test_compare_runs_pairs_cells_by_seed(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     assert "| strict | single | 1 | 3 | 92.00 ± 2.00 | 93.17 ± 2.25 | 1.17 ± 0.29 |" in out
     assert "all 3 paired cells: mean B − A +1.167, std 0.29, mean seed-to-seed std 2.13" in out
+
+
+def test_throughput_benchmark_prints_every_figure(tmp_path):
+    """A tiny end-to-end run of benchmarks/throughput.py, so the benchmark cannot rot (figures are not checked)."""
+    out = tmp_path / "figures.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--model", "resnet8", "--steps", "2",
+                    "--pipeline-images", "600", "--workers", "0", "--no-compile", "--peak-seconds", "0.05",
+                    "--json", str(out)], capture_output=True, text=True, check=True, timeout=300)
+    figures = json.loads(out.read_text())
+    for key in ("peak_bf16_tflops", "peak_fp32_tflops", "flops_per_step_g", "kdgen_img_s", "kdgen_fp32_img_s",
+                "standard_img_s", "step_ratio", "utilisation_vs_peak", "kdgen_pipeline_s", "standard_pipeline_s",
+                "pipeline_ratio"):
+        assert figures[key] > 0, key
+    assert figures["model"] == "resnet8"
