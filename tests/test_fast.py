@@ -155,3 +155,12 @@ def test_evaluation_runs_folded_and_matches_the_model():
     with torch.no_grad():
         expected = model(normalize(data.test.images)).softmax(dim=-1)
     torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_without_a_cpp_compiler_is_a_one_line_user_error(monkeypatch):
+    import kdgen.fast as fast
+    from kdgen.errors import UserError
+
+    monkeypatch.setattr(fast.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="train.compile=true on the CPU needs a C\\+\\+ compiler"):
+        fast.check_compile_supported(torch.device("cpu"))
