@@ -126,6 +126,10 @@ def train_generation(
     device = device or torch.device("cpu")
     memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format).train()
+    if device.type == "cuda":
+        # Shapes are fixed within a run (full batches only), so cuDNN's one-off search for the fastest
+        # convolution algorithms pays back many times.
+        torch.backends.cudnn.benchmark = True
     if recipe.compile:
         check_compile_supported(device)
     student = maybe_compile(model, recipe.compile)
