@@ -15,13 +15,12 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from kdgen.config import build_config
 from kdgen.data import load_bundle
 from kdgen.device import resolve_device, resolve_precision
 from kdgen.models import build
 from kdgen.objective import GenerationObjective
 from kdgen.train import freeze_teacher, train_generation
-from throughput import matmul_peak, step_flops  # benchmarks/ is on sys.path when run as a script
+from throughput import matmul_peak, step_flops, synthetic_config  # benchmarks/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -33,25 +32,22 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device("auto")
     precision = resolve_precision(args.precision, device)
-    cfg = build_config({"data": {"name": "synthetic", "num_train": 128 * args.steps + 128, "image_size": 32,
-                                 "channels": 3, "num_classes": 100, "val_fraction": 128 / (128 * args.steps + 128)},
-                        "model": {"name": "resnet20"},
-                        "train": {"epochs": 1, "batch_size": 128, "precision": precision, "compile": args.compile},
-                        "log": {"progress": False}})
+    cfg = synthetic_config(int(128 * args.steps / 0.9) + 1, precision, compile=args.compile)
     data = load_bundle(cfg.data)
     teacher = freeze_teacher(build("resnet20", 100, 3).to(device, memory_format=torch.channels_last))
     objective = GenerationObjective(distill_weight=0.7, temperature=2.0)
     train_generation(build("resnet20", 100, 3), data, cfg.train, objective, seed=1, teacher=teacher, device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        train_generation(build("resnet20", 100, 3), data, cfg.train, objective, seed=0, teacher=teacher, device=device)
+        steps = train_generation(build("resnet20", 100, 3), data, cfg.train, objective, seed=0, teacher=teacher,
+                                 device=device).steps
     sort = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"device {device}, precision {precision}, compile {args.compile}, {args.steps} steps")
+    print(f"device {device}, precision {precision}, compile {args.compile}, {steps} steps")
     events = prof.key_averages()
     print(events.table(sort_by=sort, row_limit=args.rows))
     if device.type == "cpu":
-        total = sum(e.self_cpu_time_total for e in events) / 1e6 / args.steps
-        conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e6 / args.steps
+        total = sum(e.self_cpu_time_total for e in events) / 1e6 / steps
+        conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e6 / steps
         flops = step_flops(device)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         peak = max(matmul_peak(dtype, device, n) for n in (1024, 2048, 4096))

@@ -16,6 +16,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The activation (and weight) layout ``train.channels_last`` asks for."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` where bf16 autocast is fast on ``device``, else ``fp32``."""
     if name != "auto":

@@ -19,6 +19,7 @@ import shutil
 import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
+from torch.nn.modules import module as module_globals
 
 from kdgen.errors import UserError
 
@@ -47,8 +48,6 @@ def fold_batchnorm(teacher: nn.Module) -> nn.Module:
 
 
 def _has_forward_hooks(model: nn.Module) -> bool:
-    from torch.nn.modules import module as module_globals
-
     if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

@@ -32,7 +32,7 @@ from kdgen.metrics import classification_metrics, predict_probs
 from kdgen.objective import GenerationObjective, Tolerance
 from kdgen.resume import EpochState
 from kdgen.store import Row, RunStore
-from kdgen.device import resolve_device
+from kdgen.device import memory_format, resolve_device
 from kdgen.errors import UserError
 from kdgen.train import EpochLog, freeze_teacher, train_generation
 
@@ -100,6 +100,7 @@ class GenerationsRunner:
         self.model_name = model_name
         self.device = resolve_device(cfg.train.device)
         self.normalize = Normalizer(data.mean, data.std, self.device)
+        self.steps_per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
         self.writer = None
         if cfg.log.tensorboard and store is not None:
             try:
@@ -116,7 +117,7 @@ class GenerationsRunner:
         # Off a terminal (CI logs, files) redraw rarely instead of filling the log with updates.
         interactive = sys.stderr.isatty()
         # Counted in optimizer steps, so long epochs (ImageNet) show progress and the rate is steps/s.
-        unit_steps = self.cfg.train.epochs * steps_per_epoch(len(self.data.train), self.cfg.train.batch_size)
+        unit_steps = self.cfg.train.epochs * self.steps_per_epoch
         with tqdm(total=len(all_units) * unit_steps, unit="step", disable=not self.cfg.log.progress,
                   initial=done * unit_steps, dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
             for seed in self.cfg.seeds:
@@ -164,8 +165,7 @@ class GenerationsRunner:
         model = self.model_factory()
         self.store.load_finished(unit.name, model)
         # The same memory layout as after training, so a resumed teacher computes bit-identical logits.
-        memory_format = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
-        return model.to(self.device, memory_format=memory_format).eval()
+        return model.to(self.device, memory_format=memory_format(self.cfg.train.channels_last)).eval()
 
     def train_unit(self, unit: Unit, teacher: nn.Module | None, bar: tqdm | None = None) -> nn.Module:
         """A fresh model trained for ``unit`` (initialised from the unit's own stream)."""
@@ -173,8 +173,7 @@ class GenerationsRunner:
         student = self.model_factory().to(self.device)
         resume_from = self.store.pending_state(unit.name) if self.store is not None else None
         if bar is not None and resume_from is not None:
-            bar.update(resume_from.epoch * steps_per_epoch(len(self.data.train), self.cfg.train.batch_size)
-                       + resume_from.step)
+            bar.update(resume_from.epoch * self.steps_per_epoch + resume_from.step)
 
         def on_state(state: EpochState) -> None:
             state.unit = unit.name

@@ -8,7 +8,7 @@ from torch import nn
 from kdgen.augment import Normalizer
 from kdgen.batches import eval_batches
 from kdgen.data.base import AnySplit
-from kdgen.device import resolve_precision
+from kdgen.device import memory_format, resolve_precision
 from kdgen.fast import fold_batchnorm
 
 ECE_BINS = 15
@@ -27,13 +27,13 @@ def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, 
     model.eval()
     device = next(model.parameters()).device
     folded = fold_batchnorm(model)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    layout = memory_format(channels_last)
     outputs = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=resolve_precision(precision, device) == "bf16")
     for images, _ in eval_batches(split, batch_size, device, workers):
         with autocast:
-            logits = folded(normalizer(images).contiguous(memory_format=memory_format))
+            logits = folded(normalizer(images).contiguous(memory_format=layout))
         outputs.append(logits.float().softmax(dim=-1).cpu())
     model.train(was_training)
     return torch.cat(outputs)

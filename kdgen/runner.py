@@ -98,8 +98,9 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
     """Run every arm, seed and generation of ``cfg``; write the run folder; return it and the rows.
 
     With ``resume``, ``out`` must be a folder this function wrote before with the same config
-    (cosmetic ``log.*`` settings aside); finished units are loaded, the unit in progress continues
-    from its last epoch, and the final results.json is identical to an uninterrupted run's.
+    (``COSMETIC_KEYS``, settings that do not change results, aside); finished units are loaded,
+    the unit in progress continues from its last epoch, and the final results.json is identical
+    to an uninterrupted run's.
     """
     start = time.perf_counter()
     if resume and out is None:

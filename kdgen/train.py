@@ -18,6 +18,7 @@ from kdgen.augment import Normalizer
 from kdgen.batches import TrainBatches
 from kdgen.config import TrainConfig
 from kdgen.data.base import DataBundle
+from kdgen.device import memory_format as layout
 from kdgen.device import resolve_device, resolve_precision  # noqa: F401  (re-exported for callers)
 from kdgen.errors import UserError
 from kdgen.fast import check_compile_supported, fold_batchnorm, maybe_compile
@@ -116,15 +117,16 @@ def train_generation(
     caller's business). ``where`` names the unit in error messages.
 
     ``on_step`` is called after every optimizer step (a progress bar; it must not read tensors,
-    which would sync the device). Exact resume: ``on_state`` receives the full training state after every epoch (the caller
-    saves it), and ``resume_from`` continues from such a state as if training had never stopped.
+    which would sync the device). Exact resume: ``on_state`` receives the full training state
+    after every epoch (the caller saves it), and ``resume_from`` continues from such a state as
+    if training had never stopped.
     """
     if teacher is model:
         raise ValueError("teacher and student must be different objects")
     if teacher is not None and (teacher.training or any(p.requires_grad for p in teacher.parameters())):
         raise ValueError("teacher must be frozen (eval mode, no gradients): call freeze_teacher first")
     device = device or torch.device("cpu")
-    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    memory_format = layout(recipe.channels_last)
     model.to(device, memory_format=memory_format).train()
     if device.type == "cuda":
         # Shapes are fixed within a run (full batches only), so cuDNN's one-off search for the fastest
