@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdgen.errors import ConfigError
 
 ARMS = ("baseline", "strict", "tolerant")
+DEFAULT_TSD_K = 5
 Arm = Literal["baseline", "strict", "tolerant"]
 
 
@@ -36,6 +37,9 @@ class DataConfig(_Strict):
     root: str | None = None
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
+    # A fixed stratified subset of N training images per class (after the val split), the same for
+    # every seed and arm: the data-limited regime where self-distillation pays. None: all of them.
+    train_per_class: int | None = Field(None, ge=1)
     augment: AugmentConfig = AugmentConfig()
     # Decode image folders on the fly (DataLoader workers) instead of keeping them resident;
     # None decides by size (see kdgen.data.imagefolder).
@@ -131,9 +135,21 @@ class ToleranceConfig(_Strict):
     method: Literal["tsd", "label-smoothing", "confidence-penalty", "none"] = "tsd"
     # Defaults chosen on the digits val split by scripts/sweep_defaults.py (see README).
     eta: float = Field(0.2, ge=0.0)
-    k: int = Field(5, ge=2)
+    # "auto": DEFAULT_TSD_K, or the class count where there are fewer classes; resolved against the
+    # data when a run starts, and config.yaml records the number. An explicit K above the class
+    # count is an error.
+    k: int | Literal["auto"] = "auto"
     primary: Literal["top1", "target"] = "target"
     apply_to: Literal["patriarch", "all"] = "patriarch"
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_at_least_two(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError("K is an integer of at least 2 (the primary score and one secondary), or auto")
+        return value
 
     @model_validator(mode="after")
     def _smoothing_range(self) -> "ToleranceConfig":
@@ -175,6 +191,14 @@ class Config(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def resolve_k(cfg: Config, num_classes: int) -> Config:
+    """``cfg`` with ``tolerance.k: auto`` replaced by ``min(DEFAULT_TSD_K, num_classes)``."""
+    if cfg.tolerance.k != "auto":
+        return cfg
+    k = min(DEFAULT_TSD_K, num_classes)
+    return cfg.model_copy(update={"tolerance": cfg.tolerance.model_copy(update={"k": k})})
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:

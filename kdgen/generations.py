@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from kdgen.augment import Normalizer
 from kdgen.batches import steps_per_epoch
-from kdgen.config import Config
+from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
-from kdgen.metrics import classification_metrics, predict_probs
+from kdgen.metrics import classification_metrics, predict_probs, soft_confusion
 from kdgen.objective import GenerationObjective, Tolerance
 from kdgen.resume import EpochState
 from kdgen.store import Row, RunStore
@@ -93,7 +93,7 @@ class GenerationsRunner:
 
     def __init__(self, cfg: Config, data: DataBundle, model_factory: ModelFactory, *, store: RunStore | None = None,
                  model_name: str = "custom") -> None:
-        self.cfg = cfg
+        self.cfg = resolve_k(cfg, data.num_classes)
         self.data = data
         self.model_factory = model_factory
         self.store = store
@@ -131,32 +131,46 @@ class GenerationsRunner:
         """Patriarch and students of one arm and seed (or the baseline's independent models)."""
         rows: list[Row] = []
         teacher: nn.Module | None = None
-        member_probs: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
+        splits = self.eval_splits()
+        member_probs: dict[str, list[torch.Tensor]] = {name: [] for name in splits}
         for generation in range(self.cfg.generations.count + 1):
             unit = Unit(arm, seed, generation)
             finished = self.store is not None and self.store.is_done(unit.name)
             student = self.load_unit(unit) if finished else self.train_unit(unit, teacher, bar)
-            new_rows = []
-            for split_name in ("val", "test"):
-                split = getattr(self.data, split_name)
+            new_rows: list[Row] = []
+            extras: dict[str, object] = {}
+            for split_name, split in splits.items():
                 probs = predict_probs(student, split, self.normalize, batch_size=self.cfg.train.eval_batch_size,
                                       precision=self.cfg.train.precision, channels_last=self.cfg.train.channels_last,
                                       workers=self.cfg.data.workers)
-                new_rows.append(_rows(unit, "single", split_name, classification_metrics(probs, split.labels)))
+                new_rows.append(_rows(unit, "single", split_name, self.metrics(probs, split.labels)))
+                if generation == 0 and split_name != "train":
+                    extras.setdefault("soft_confusion", {})[split_name] = soft_confusion(  # type: ignore[index]
+                        probs, split.labels, self.data.num_classes)
                 if generation >= 1:
                     member_probs[split_name].append(probs)
                 if len(member_probs[split_name]) >= 2:
                     ensemble = torch.stack(member_probs[split_name]).mean(dim=0)
-                    new_rows.append(_rows(unit, "ensemble", split_name, classification_metrics(ensemble, split.labels)))
+                    new_rows.append(_rows(unit, "ensemble", split_name, self.metrics(ensemble, split.labels)))
             if not finished:
                 rows.extend(new_rows)
                 if self.store is not None:
                     self.store.finish_unit(unit.name, student, {
                         "arm": arm, "seed": seed, "generation": generation, "model": self.model_name,
-                        "num_classes": self.data.num_classes, "in_channels": self.data.channels}, new_rows)
+                        "num_classes": self.data.num_classes, "in_channels": self.data.channels}, new_rows, extras)
             # The trained student becomes the next teacher; the next student is a new object.
             teacher = freeze_teacher(student) if arm != "baseline" else None
         return rows
+
+    def eval_splits(self) -> dict[str, object]:
+        """The splits every model is evaluated on: val, test and (when the data has one) the train sample."""
+        splits = {"val": self.data.val, "test": self.data.test}
+        if self.data.train_eval is not None:
+            splits["train"] = self.data.train_eval
+        return splits
+
+    def metrics(self, probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return classification_metrics(probs, labels, k=int(self.cfg.tolerance.k), groups=self.data.class_groups)
 
     def load_unit(self, unit: Unit) -> nn.Module:
         """A unit finished by an earlier process, from its checkpoint."""

@@ -52,9 +52,61 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return float((conf_sum - acc_sum).abs().sum() / max(len(labels), 1))
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def secondary_information(probs: torch.Tensor, labels: torch.Tensor, k: int,
+                          groups: list[list[int]] | None = None) -> dict[str, float]:
+    """What a model says beyond its top-1 choice: the information a teacher passes on.
+
+    - ``entropy``: mean entropy of the predicted distribution, in nats.
+    - ``secondary_mass``: mean probability on ranks 2..k (the classes TSD keeps alive).
+    - with ``groups`` (lists of class indices, e.g. garment families or CIFAR-100 superclasses),
+      over the images whose true class has at least one group-mate:
+      ``semantic``: share whose highest-scoring class other than the true one is a group-mate;
+      ``semantic_mass``: mean share of the non-target probability that lies on group-mates.
+      Chance for ``semantic`` is (group size - 1) / (classes - 1) per image.
+    """
+    probs = probs.double()
+    labels = labels.cpu()
+    num_classes = probs.shape[1]
+    k = max(2, min(k, num_classes))
+    metrics = {
+        "entropy": float(-(probs * probs.clamp_min(1e-30).log()).sum(dim=1).mean()),
+        "secondary_mass": float(probs.topk(k, dim=1).values[:, 1:].sum(dim=1).mean()),
+    }
+    if groups:
+        mates = torch.zeros(num_classes, num_classes, dtype=torch.bool)  # mates[i, j]: j shares i's group, j != i
+        for group in groups:
+            index = torch.tensor(group)
+            mates[index.view(-1, 1), index.view(1, -1)] = True
+        mates.fill_diagonal_(False)
+        row_mates = mates[labels]
+        eligible = row_mates.any(dim=1)
+        if bool(eligible.any()):
+            others = probs.scatter(1, labels.view(-1, 1), -1.0)
+            runner_up = others.argmax(dim=1)
+            in_group = row_mates.gather(1, runner_up.view(-1, 1)).squeeze(1)
+            off_target = (1.0 - probs.gather(1, labels.view(-1, 1)).squeeze(1)).clamp_min(1e-30)
+            mate_mass = (probs * row_mates).sum(dim=1) / off_target
+            metrics["semantic"] = 100.0 * float(in_group[eligible].double().mean())
+            metrics["semantic_mass"] = float(mate_mass[eligible].mean())
+    return metrics
+
+
+def soft_confusion(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[list[float]]:
+    """``M[i][j]``: the mean probability on class j over images of true class i (rows of absent classes are 0).
+
+    Off the diagonal, this is where a model puts its secondary confidence: the paper's "tolerance".
+    """
+    labels = labels.cpu()
+    sums = torch.zeros(num_classes, num_classes, dtype=torch.float64).index_add_(0, labels, probs.double())
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).double().view(-1, 1)
+    return (sums / counts).tolist()
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, *, k: int = 5,
+                           groups: list[list[int]] | None = None) -> dict[str, float]:
     """top1 (percent), nll (nats), ece (fraction), conf (mean top-1 probability: how strict the model
-    is; a tolerant teacher's is lower) and, with more than 10 classes, top5 (percent)."""
+    is; a tolerant teacher's is lower), with more than 10 classes top5 (percent), and the
+    secondary information of :func:`secondary_information` (``k`` ranks, semantic ``groups``)."""
     labels = labels.cpu()
     metrics = {
         "top1": 100.0 * float((probs.argmax(dim=1) == labels).double().mean()),
@@ -65,4 +117,5 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[st
     if probs.shape[1] > 10:
         top5 = probs.topk(5, dim=1).indices
         metrics["top5"] = 100.0 * float((top5 == labels.view(-1, 1)).any(dim=1).double().mean())
+    metrics.update(secondary_information(probs, labels, k, groups))
     return metrics

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from kdgen.checkpoint import atomic_write, write_json
-from kdgen.config import Config, build_config, read_yaml
+from kdgen.config import Config, build_config, read_yaml, resolve_k
 from kdgen.data import load_bundle
 from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
@@ -26,7 +26,8 @@ COSMETIC_KEYS = ("log.", "train.compile")
 
 def check_against_data(cfg: Config, data: DataBundle) -> None:
     """Config checks that need the data: settings that depend on the class count."""
-    if cfg.tolerance.method == "tsd" and "tolerant" in cfg.generations.arms and cfg.tolerance.k > data.num_classes:
+    if cfg.tolerance.method == "tsd" and "tolerant" in cfg.generations.arms and cfg.tolerance.k != "auto" \
+            and cfg.tolerance.k > data.num_classes:
         raise ConfigError(f"tolerance.k: {cfg.tolerance.k} is more than the {data.num_classes} classes of "
                           f"{cfg.data.name}")
     if len(data.train) < 2:
@@ -107,17 +108,19 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
         raise UserError("--resume needs --out DIR, the folder of the run to continue")
     if resume and (not out.exists() or (out.is_dir() and not any(out.iterdir()))):
         resume = False  # killed before anything was written: there is nothing to continue, start afresh
-    if resume:
-        differing = config_differences(with_resolved_precision(saved_config(out)), with_resolved_precision(cfg))
+    saved = saved_config(out) if resume else None
+    if not resume:
+        out = new_run_dir() if out is None else out
+        check_new_out_dir(out)
+    data = load_bundle(cfg.data)
+    check_against_data(cfg, data)
+    # config.yaml records what actually runs: the precision and K that "auto" means here.
+    cfg = resolve_k(with_resolved_precision(cfg), data.num_classes)
+    if saved is not None:
+        differing = config_differences(resolve_k(with_resolved_precision(saved), data.num_classes), cfg)
         if differing:
             raise UserError(f"--resume: the config differs from the one {str(out)!r} was started with, in: "
                             f"{', '.join(differing)}")
-    else:
-        out = new_run_dir() if out is None else out
-        check_new_out_dir(out)
-    cfg = with_resolved_precision(cfg)  # config.yaml records what actually runs, not "auto"
-    data = load_bundle(cfg.data)
-    check_against_data(cfg, data)
     make_out_dir(out)
     store = RunStore(out, resume=resume)
     if not resume:

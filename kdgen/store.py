@@ -3,7 +3,8 @@
 Layout of ``DIR``::
 
     config.yaml                      the resolved config (written once, by the command line)
-    results.json                     {"rows": [...], "done": [unit names], "complete": bool}
+    results.json                     {"rows": [...], "done": [unit names], "complete": bool,
+                                      "extras": {unit name: {"soft_confusion": {split: C x C}}}}
     checkpoints/<unit>.safetensors   weights of every finished unit
     state/current.safetensors        training state of the unit in progress, after its last epoch
 
@@ -32,12 +33,15 @@ class RunStore:
         self.out_dir = Path(out_dir)
         self.rows: list[Row] = []
         self.done: list[str] = []
+        # Per-unit data that is not a tidy row (the patriarchs' soft confusion matrices).
+        self.extras: dict[str, dict[str, Any]] = {}
         if resume and self.results_path.exists():
             payload = read_json(self.results_path)
             if not isinstance(payload, dict) or not isinstance(payload.get("rows"), list) \
                     or not isinstance(payload.get("done"), list):
                 raise CheckpointError(f"{self.results_path}: not a kdgen results file")
             self.rows, self.done = payload["rows"], [str(name) for name in payload["done"]]
+            self.extras = payload.get("extras") or {}
 
     @property
     def results_path(self) -> Path:
@@ -67,15 +71,19 @@ class RunStore:
         state = load_state(self.state_path)
         return state if state.unit == unit_name else None
 
-    def finish_unit(self, unit_name: str, model: nn.Module, metadata: dict[str, Any], rows: list[Row]) -> None:
+    def finish_unit(self, unit_name: str, model: nn.Module, metadata: dict[str, Any], rows: list[Row],
+                    extras: dict[str, Any] | None = None) -> None:
         save_model(model, self.checkpoint_path(unit_name), metadata)
         self.rows.extend(rows)
+        if extras:
+            self.extras[unit_name] = extras
         self.done.append(unit_name)
         self.write_results(complete=False)
         self.state_path.unlink(missing_ok=True)
 
     def write_results(self, *, complete: bool) -> None:
-        write_json(self.results_path, {"rows": self.rows, "done": self.done, "complete": complete})
+        write_json(self.results_path, {"rows": self.rows, "done": self.done, "complete": complete,
+                                       "extras": self.extras})
         state_dir = self.state_path.parent
         if complete and state_dir.is_dir() and not any(state_dir.iterdir()):
             state_dir.rmdir()  # nothing left to resume

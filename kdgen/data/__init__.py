@@ -63,7 +63,7 @@ def load_bundle(cfg: "DataConfig") -> DataBundle:
         hflip=source.augment.hflip if cfg.augment.hflip is None else cfg.augment.hflip,
     )
     source.augment = augment
-    return make_bundle(source, cfg.val_fraction, cfg.split_seed)
+    return make_bundle(source, cfg.val_fraction, cfg.split_seed, train_per_class=cfg.train_per_class)
 
 
 __all__ = ["AugmentSpec", "DataBundle", "SourceData", "Split", "load_bundle", "load_source", "names", "register"]

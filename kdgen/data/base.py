@@ -16,6 +16,11 @@ import torch
 
 from kdgen.errors import DataError
 
+# The split ``train`` in results.json evaluates at most this many training images (unaugmented).
+TRAIN_EVAL_SIZE = 2000
+# Independent random streams of the split seed, so the subset and the sample never shift the val split.
+TRAIN_SUBSET_STREAM, TRAIN_EVAL_STREAM = 1, 2
+
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -100,6 +105,9 @@ class SourceData:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # Semantic groups of classes (lists of class indices, e.g. CIFAR-100's coarse labels), for the
+    # "semantic" secondary-information metric; None where the source has no such grouping.
+    class_groups: list[list[int]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -124,6 +132,10 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: AugmentSpec
+    # A fixed, unaugmented sample of the training split, evaluated like val and test so a reader
+    # sees whether a model converged (train top-1, train NLL). None: the API user gave none.
+    train_eval: AnySplit | None = None
+    class_groups: list[list[int]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -171,9 +183,35 @@ def stratified_val_split(labels: torch.Tensor, val_fraction: float, split_seed: 
     return torch.from_numpy(train), torch.from_numpy(val)
 
 
-def make_bundle(source: SourceData, val_fraction: float, split_seed: int = 0) -> DataBundle:
-    """Hold out a stratified validation split from the training data and fix normalisation."""
+def per_class_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Sorted indices of ``per_class`` examples of every class, drawn with ``seed`` alone.
+
+    Raises :class:`DataError` when a class has fewer examples than asked for: a silently
+    unbalanced "per class" subset would be a different experiment from the one configured.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, TRAIN_SUBSET_STREAM]))
+    labels_np = labels.cpu().numpy()
+    chosen = []
+    for cls in np.unique(labels_np):
+        members = np.flatnonzero(labels_np == cls)
+        if len(members) < per_class:
+            raise DataError(f"data.train_per_class: {per_class} is more than the {len(members)} training images "
+                            f"of class {int(cls)} (after the val split)")
+        chosen.append(rng.permutation(members)[:per_class])
+    return torch.from_numpy(np.sort(np.concatenate(chosen)))
+
+
+def make_bundle(source: SourceData, val_fraction: float, split_seed: int = 0, *, train_per_class: int | None = None,
+                train_eval_size: int = TRAIN_EVAL_SIZE) -> DataBundle:
+    """Hold out a stratified validation split from the training data and fix normalisation.
+
+    ``train_per_class`` keeps a fixed stratified subset of that many training images per class
+    (after the val split, so val is the same with or without it), the same for every seed and arm.
+    ``train_eval_size`` caps the fixed unaugmented training sample evaluated as split ``train``.
+    """
     train_idx, val_idx = stratified_val_split(source.train.labels, val_fraction, split_seed)
+    if train_per_class is not None:
+        train_idx = train_idx[per_class_subset(source.train.labels[train_idx], train_per_class, split_seed)]
     train = source.train.subset(train_idx)
     val = source.train.subset(val_idx)
     if isinstance(val, StreamingSplit):
@@ -185,7 +223,16 @@ def make_bundle(source: SourceData, val_fraction: float, split_seed: int = 0) ->
     else:
         mean, std = channel_stats(train.images)
     return DataBundle(train=train, val=val, test=source.test, class_names=list(source.class_names),
-                      mean=tuple(mean), std=tuple(std), augment=source.augment)
+                      mean=tuple(mean), std=tuple(std), augment=source.augment,
+                      train_eval=train_sample(train, train_eval_size, split_seed), class_groups=source.class_groups)
+
+
+def train_sample(train: AnySplit, size: int, seed: int) -> AnySplit:
+    """A fixed sample of at most ``size`` training examples, in evaluation form (no augmentation)."""
+    if len(train) > size:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, TRAIN_EVAL_STREAM]))
+        train = train.subset(torch.from_numpy(np.sort(rng.choice(len(train), size, replace=False))))
+    return train.for_eval() if isinstance(train, StreamingSplit) else train
 
 
 # A loader takes the data config (kdgen.config.DataConfig) and returns SourceData.

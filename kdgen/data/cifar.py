@@ -297,8 +297,33 @@ def load_cifar100(root: str | None, label_kind: Literal["fine", "coarse"] = "fin
     label_key = f"{label_kind}_labels".encode()
     train = _split([_batch(*blobs["train"], label_key, count)])
     test = _split([_batch(*blobs["test"], label_key, count)])
+    groups = _coarse_groups(*blobs["train"]) if label_kind == "fine" else None
     return SourceData(train=train, test=test, class_names=classes, augment=CIFAR_AUGMENT,
-                      mean=CIFAR100_MEAN, std=CIFAR100_STD)
+                      mean=CIFAR100_MEAN, std=CIFAR100_STD, class_groups=groups)
+
+
+def _coarse_groups(blob: bytes, where: str) -> list[list[int]] | None:
+    """The 20 superclasses as groups of fine labels, read off the training batch's (fine, coarse) pairs.
+
+    None when the file carries no usable ``coarse_labels`` (the semantic metric is then not reported).
+    """
+    batch = restricted_loads(blob, where)
+    if not isinstance(batch, dict) or b"coarse_labels" not in batch or b"fine_labels" not in batch:
+        return None
+    try:
+        fine = np.asarray(batch[b"fine_labels"], dtype=np.int64)
+        coarse = np.asarray(batch[b"coarse_labels"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if fine.shape != coarse.shape:
+        return None
+    groups: dict[int, set[int]] = {}
+    for f, c in set(zip(fine.tolist(), coarse.tolist())):
+        groups.setdefault(c, set()).add(f)
+    members = [f for g in groups.values() for f in g]
+    if len(members) != len(set(members)):  # a fine class in two superclasses: not a grouping
+        return None
+    return [sorted(g) for _, g in sorted(groups.items())]
 
 
 @register("cifar10")

@@ -31,6 +31,8 @@ _OTHER_IDX_TYPES = {0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "fl
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+# Garment families, for the "semantic" metric: tops, footwear, and two classes with no relative.
+FASHION_MNIST_GROUPS = [[0, 2, 3, 4, 6], [5, 7, 9], [1], [8]]
 MNIST_CLASSES = [str(d) for d in range(10)]
 
 # (split, images file, labels file), named as the official distribution names them.
@@ -128,7 +130,9 @@ def load_fashion_mnist(cfg: "DataConfig") -> SourceData:
     2-pixel translation and horizontal flips (a mirrored shirt is still a shirt).
     """
     root = cfg.root if cfg.root is not None else FASHION_MNIST_ROOT
-    return load_idx_dataset(root, FASHION_MNIST_CLASSES, AugmentSpec(translate=2, hflip=True))
+    source = load_idx_dataset(root, FASHION_MNIST_CLASSES, AugmentSpec(translate=2, hflip=True))
+    source.class_groups = FASHION_MNIST_GROUPS
+    return source
 
 
 @register("mnist")
