@@ -19,6 +19,18 @@ EPILOG = """examples:
   kdgen run --config configs/fashion-mnist.yaml --out runs/fmnist
   kdgen run train.epochs=2 tolerance.eta=0.5 seeds=[0,1]
   kdgen report runs/fmnist
+  kdgen sweep --config configs/fashion-mnist-converged.yaml --grid tolerance.eta=0,0.1,0.2,0.4 --out sweeps/eta
+"""
+
+SWEEP_HELP = """Run one ordinary run folder per grid point (the cartesian product of every --grid) under
+DIR/runs/, and summarise them on the val split only: DIR/sweep.md, sweep.html, sweep_summary.json
+and plots/ (each metric against each swept key, mean ± std over seeds, paired tests against the
+reference point and against the strict arm), ending with the best point on val and the exact
+`kdgen run` command that evaluates it on test.
+
+No unit is trained twice: a unit depends only on some settings (the baseline arm not on tolerance.*
+or distill.*, the strict arm not on tolerance.*, a tolerant patriarch not on distill.*), so points
+share such units through DIR/units/. A sweep over tolerance.eta trains only the tolerant arm per point.
 """
 
 
@@ -50,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="(re)build the report of a finished or partial run folder",
                                  description="Rebuild report.md, report.html and plots/ from DIR/results.json.")
     report.add_argument("run_dir", type=Path, metavar="DIR")
+
+    sweep = commands.add_parser("sweep", help="run a grid of configs sharing trained units, scored on val only",
+                                description=SWEEP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example: kdgen sweep --config configs/fashion-mnist-converged.yaml "
+                                "--grid tolerance.eta=0,0.05,0.1,0.2,0.4 --grid tolerance.k=2,3,5 seeds=[0,1,2] --out sweeps/tsd")
+    sweep.add_argument("--config", type=Path, metavar="FILE", help="YAML config every point starts from (default: the embedded one)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a swept key and its values, parsed as YAML (repeat for a grid over several keys)")
+    sweep.add_argument("--out", type=Path, metavar="DIR", required=True, help="sweep folder, new or empty (or one to --resume)")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out DIR")
+    sweep.add_argument("--select", default="tolerant/last", metavar="ARM/GEN[/ensemble]",
+                       help="the cell whose val top-1 scores a point (default tolerant/last: the last generation)")
+    sweep.add_argument("--reference", type=int, default=0, metavar="N",
+                       help="index of the grid point the others are compared with, paired by seed (default 0, the first)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar (same as log.progress=false)")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides for every point")
 
     commands.add_parser("models", help="list the registered model names")
     commands.add_parser("sources", help="list the data sources")
@@ -109,6 +137,22 @@ def _stop_on_signals() -> Callable[[], None]:
     return restore
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from kdgen.sweep import make_plan, run_sweep
+
+    overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
+    plan = make_plan(args.config, args.grid, overrides, args.select, args.reference)
+    restore_handlers = _stop_on_signals()
+    try:
+        run_sweep(plan, args.out, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"kdgen: interrupted; continue with the same command plus --resume", file=sys.stderr)
+        return 130
+    finally:
+        restore_handlers()
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from kdgen.report import build_report, console_summary, load_rows
 
@@ -135,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     # first option), so collect leftovers and accept those that look like KEY=VALUE.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command not in ("run", "config") or any(item.startswith("-") for item in extra):
+        if args.command not in ("run", "config", "sweep") or any(item.startswith("-") for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     try:
@@ -143,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "config":
             return _config(args)
         if args.command == "models":

@@ -35,6 +35,8 @@ from kdgen.store import Row, RunStore
 from kdgen.device import memory_format, resolve_device
 from kdgen.errors import UserError
 from kdgen.train import EpochLog, freeze_teacher, train_generation
+from kdgen.checkpoint import load_model
+from kdgen.unit_cache import UnitCache
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -88,15 +90,17 @@ class GenerationsRunner:
 
     With a ``store`` (a run folder), every finished unit's checkpoint and rows are saved as it
     goes, the unit in progress is saved after every epoch, and units the store already holds are
-    loaded instead of trained again (exact resume).
+    loaded instead of trained again (exact resume). With a ``unit_cache`` (``kdgen sweep``), units
+    trained by another run with the same relevant settings are taken from it, and new ones put in.
     """
 
     def __init__(self, cfg: Config, data: DataBundle, model_factory: ModelFactory, *, store: RunStore | None = None,
-                 model_name: str = "custom") -> None:
+                 model_name: str = "custom", unit_cache: UnitCache | None = None) -> None:
         self.cfg = resolve_k(cfg, data.num_classes)
         self.data = data
         self.model_factory = model_factory
         self.store = store
+        self.unit_cache = unit_cache
         self.model_name = model_name
         self.device = resolve_device(cfg.train.device)
         self.normalize = Normalizer(data.mean, data.std, self.device)
@@ -128,18 +132,37 @@ class GenerationsRunner:
         return self.store.rows if self.store is not None else rows
 
     def run_arm(self, arm: str, seed: int, bar: tqdm | None = None) -> list[Row]:
-        """Patriarch and students of one arm and seed (or the baseline's independent models)."""
+        """Patriarch and students of one arm and seed (or the baseline's independent models).
+
+        A unit this run folder finished already, or one the unit cache holds, is not trained again;
+        it is loaded (and evaluated) only when a later generation still to be computed needs it as
+        a teacher or as an ensemble member.
+        """
         rows: list[Row] = []
         teacher: nn.Module | None = None
         splits = self.eval_splits()
         member_probs: dict[str, list[torch.Tensor]] = {name: [] for name in splits}
-        for generation in range(self.cfg.generations.count + 1):
-            unit = Unit(arm, seed, generation)
-            finished = self.store is not None and self.store.is_done(unit.name)
-            student = self.load_unit(unit) if finished else self.train_unit(unit, teacher, bar)
+        chain = [Unit(arm, seed, g) for g in range(self.cfg.generations.count + 1)]
+        finished = [self.store is not None and self.store.is_done(u.name) for u in chain]
+        cached = [None if done or self.unit_cache is None else self.unit_cache.get(self.cfg, u.arm, u.seed, u.generation)
+                  for u, done in zip(chain, finished)]
+        last_to_compute = max((g for g, u in enumerate(chain) if not finished[g] and cached[g] is None), default=-1)
+        for generation, unit in enumerate(chain):
+            hit = cached[generation]
+            ready = finished[generation] or hit is not None
+            if ready and bar is not None and hit is not None:
+                bar.update(self.cfg.train.epochs * self.steps_per_epoch)
+            if ready and generation >= last_to_compute:
+                student = None  # nothing later in this chain needs it
+            elif finished[generation]:
+                student = self.load_unit(unit)
+            elif hit is not None:
+                student = self.load_unit(unit, hit.checkpoint)
+            else:
+                student = self.train_unit(unit, teacher, bar)
             new_rows: list[Row] = []
             extras: dict[str, object] = {}
-            for split_name, split in splits.items():
+            for split_name, split in (splits.items() if student is not None else ()):
                 probs = predict_probs(student, split, self.normalize, batch_size=self.cfg.train.eval_batch_size,
                                       precision=self.cfg.train.precision, channels_last=self.cfg.train.channels_last,
                                       workers=self.cfg.data.workers)
@@ -152,14 +175,23 @@ class GenerationsRunner:
                 if len(member_probs[split_name]) >= 2:
                     ensemble = torch.stack(member_probs[split_name]).mean(dim=0)
                     new_rows.append(_rows(unit, "ensemble", split_name, self.metrics(ensemble, split.labels)))
-            if not finished:
+            if hit is not None:
+                new_rows, extras = hit.rows, hit.extras  # the same numbers, measured when it was trained
+            if not finished[generation]:
                 rows.extend(new_rows)
                 if self.store is not None:
-                    self.store.finish_unit(unit.name, student, {
-                        "arm": arm, "seed": seed, "generation": generation, "model": self.model_name,
-                        "num_classes": self.data.num_classes, "in_channels": self.data.channels}, new_rows, extras)
+                    checkpoint = self.store.checkpoint_path(unit.name)
+                    if hit is not None:
+                        self.store.adopt_unit(unit.name, hit.checkpoint, new_rows, extras)
+                    else:
+                        assert student is not None
+                        self.store.finish_unit(unit.name, student, {
+                            "arm": arm, "seed": seed, "generation": generation, "model": self.model_name,
+                            "num_classes": self.data.num_classes, "in_channels": self.data.channels}, new_rows, extras)
+                        if self.unit_cache is not None:
+                            self.unit_cache.put(self.cfg, arm, seed, generation, checkpoint, new_rows, extras)
             # The trained student becomes the next teacher; the next student is a new object.
-            teacher = freeze_teacher(student) if arm != "baseline" else None
+            teacher = freeze_teacher(student) if arm != "baseline" and student is not None else None
         return rows
 
     def eval_splits(self) -> dict[str, object]:
@@ -172,12 +204,15 @@ class GenerationsRunner:
     def metrics(self, probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         return classification_metrics(probs, labels, k=int(self.cfg.tolerance.k), groups=self.data.class_groups)
 
-    def load_unit(self, unit: Unit) -> nn.Module:
-        """A unit finished by an earlier process, from its checkpoint."""
-        assert self.store is not None
+    def load_unit(self, unit: Unit, checkpoint: Path | None = None) -> nn.Module:
+        """A unit finished by an earlier process, from its checkpoint in the store (or ``checkpoint``)."""
         torch.manual_seed(unit.stream_seed)
         model = self.model_factory()
-        self.store.load_finished(unit.name, model)
+        if checkpoint is not None:
+            load_model(model, checkpoint)
+        else:
+            assert self.store is not None
+            self.store.load_finished(unit.name, model)
         # The same memory layout as after training, so a resumed teacher computes bit-identical logits.
         return model.to(self.device, memory_format=memory_format(self.cfg.train.channels_last)).eval()
 

@@ -41,3 +41,68 @@ def metric_plot(summary: list[dict[str, object]], split: str, metric: str, path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _slice(summary: dict, key: str) -> list[dict]:
+    """The grid points along ``key`` with every other swept key at the best (else the first) point's value."""
+    anchor = summary["best_settings"] or summary["points"][0]["settings"]
+    return [e for e in summary["points"] if all(e["settings"][k] == v for k, v in anchor.items() if k != key)]
+
+
+def _cell_series(points: list[dict], arm: str, generation: int, metric: str) -> tuple[list, list, list]:
+    xs, ys, errs = [], [], []
+    for index, entry in enumerate(points):
+        cell = next((c for c in entry["cells"] if c["arm"] == arm and c["generation"] == generation
+                     and c["kind"] == "single" and f"{metric}_mean" in c), None)
+        if cell is not None:
+            xs.append(index)
+            ys.append(cell[f"{metric}_mean"])
+            errs.append(cell[f"{metric}_std"])
+    return xs, ys, errs
+
+
+def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
+    """Val top-1 of every generation of the selected arm (and of the strict arm, dashed) against ``key``,
+    and the patriarch's confidence, through the best point. None when no point has results yet."""
+    points = _slice(summary, key)
+    if not any(entry["cells"] for entry in points):
+        return None
+    arm, last = summary["select"]["arm"], summary["select"]["generation"]
+    values = [entry["settings"][key] for entry in points]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    def position(xs: list[int]) -> list:
+        return [values[i] for i in xs] if numeric else xs
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.0), dpi=110)
+    palette = plt.get_cmap("viridis")
+    for generation in range(last + 1):
+        color = palette(generation / max(1, last))
+        xs, ys, errs = _cell_series(points, arm, generation, "top1")
+        if xs:
+            left.errorbar(position(xs), ys, yerr=errs, fmt="-o", color=color, capsize=3, markersize=4,
+                          label=f"{arm} gen {generation}" + (" (patriarch)" if generation == 0 else ""))
+        if arm != "strict":
+            xs, ys, _ = _cell_series(points, "strict", generation, "top1")
+            if xs:
+                left.plot(position(xs), ys, "--", color=color, alpha=0.6, label=f"strict gen {generation}")
+    for metric, style, label in (("conf", "-o", "confidence (mean top-1 prob.)"),
+                                 ("secondary_mass", "-s", "mass on ranks 2..K")):
+        xs, ys, errs = _cell_series(points, arm, 0, metric)
+        if xs:
+            right.errorbar(position(xs), ys, yerr=errs, fmt=style, capsize=3, markersize=4, label=f"patriarch {label}")
+    for ax, title in ((left, "val top-1 (%)"), (right, "patriarch's secondary information (val)")):
+        ax.set_xlabel(key)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if ax is left else 1)
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+    fixed = {k: v for k, v in (summary["best_settings"] or {}).items() if k != key}
+    fig.suptitle(f"sweep over {key}" + (f" (other keys at the best point: {fixed})" if fixed else "")
+                 + "; mean ± std over seeds", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -19,7 +20,7 @@ from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
 from kdgen.store import Row
 
-METRICS = ("top1", "top5", "nll", "ece", "conf")
+METRICS = ("top1", "top5", "nll", "ece", "conf", "entropy", "secondary_mass", "semantic", "semantic_mass")
 ARM_ORDER = {"baseline": 0, "strict": 1, "tolerant": 2}
 
 
@@ -58,17 +59,27 @@ def paired_differences(rows: Iterable[Row], arm_a: str = "tolerant", arm_b: str 
     generations = sorted({g for (arm, g) in values if arm == arm_a} & {g for (arm, g) in values if arm == arm_b})
     result = []
     for generation in generations:
-        a, b = values[(arm_a, generation)], values[(arm_b, generation)]
-        seeds = sorted(set(a) & set(b))
-        if not seeds:
-            continue
-        diffs = np.array([a[s] - b[s] for s in seeds])
-        p_value = float("nan")
-        if len(seeds) >= 2 and np.ptp(diffs) > 1e-9:  # identical differences: the t statistic is undefined
-            p_value = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
-        result.append({"generation": generation, "n": len(seeds), "mean": float(diffs.mean()),
-                       "std": float(diffs.std(ddof=1)) if len(seeds) > 1 else 0.0, "p": p_value})
+        stats_ = paired_stats(values[(arm_a, generation)], values[(arm_b, generation)])
+        if stats_ is not None:
+            result.append({"generation": generation, **stats_})
     return result
+
+
+def paired_stats(a: dict[int, float], b: dict[int, float]) -> dict[str, float] | None:
+    """``a - b`` over the seeds both have: n, mean, sample std and a two-sided paired t-test's p.
+
+    None without a common seed; ``p`` is NaN below two seeds or when every difference is identical
+    (the t statistic is undefined).
+    """
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = np.array([a[s] - b[s] for s in seeds])
+    p_value = float("nan")
+    if len(seeds) >= 2 and np.ptp(diffs) > 1e-9:
+        p_value = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    return {"n": len(seeds), "mean": float(diffs.mean()), "std": float(diffs.std(ddof=1)) if len(seeds) > 1 else 0.0,
+            "p": p_value}
 
 
 def best_unit(rows: Iterable[Row]) -> dict[str, object] | None:
@@ -212,24 +223,33 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
     md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     (run_dir / "report.md").write_text("\n".join(md), encoding="utf-8")
     write_json(run_dir / "summary.json", {"summary": summary})
-    _write_html(run_dir / "report.html", intro, tables, plots)
+    write_html(run_dir / "report.html", "kdgen report", intro, tables, plots)
     return run_dir / "report.md"
 
 
-def _write_html(path: Path, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],
-                plots: list[Path]) -> None:
+def _inline(text: str) -> str:
+    """Markdown's ``**bold**`` and `` `code` `` as HTML; everything else escaped."""
+    escaped = html.escape(text, quote=False)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],
+               plots: list[Path], sections: list[tuple[str, str]] | None = None) -> None:
+    """A self-contained page: intro paragraphs, tables, extra ``(heading, html)`` sections, plots."""
     def table_html(header: list[str], body: list[list[str]]) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         lines = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in body)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>"
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>kdgen report</title><style>",
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
              "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}",
-             "</style></head><body><h1>kdgen report</h1>"]
-    parts += [f"<p>{html.escape(line).replace('**', '')}</p>" for line in intro]
-    parts += [f"<h2>{html.escape(title)}</h2>" + table_html(header, body) for title, header, body in tables]
+             f"</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts += [f"<p>{_inline(line)}</p>" for line in intro]
+    parts += [f"<h2>{html.escape(name)}</h2>" + table_html(header, body) for name, header, body in tables]
+    parts += [f"<h2>{html.escape(heading)}</h2>{body_html}" for heading, body_html in sections or []]
     parts += ["<h2>Plots</h2>"] + [f"<img src='plots/{p.name}' alt='{p.stem}'>" for p in plots]
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -18,6 +18,7 @@ from kdgen.generations import GenerationsRunner, Row
 from kdgen.models import build
 from kdgen.report import build_report, console_summary
 from kdgen.store import RunStore
+from kdgen.unit_cache import UnitCache
 from kdgen.device import resolve_device, resolve_precision
 
 # Settings that do not change results: they may differ when resuming.
@@ -95,13 +96,15 @@ def with_resolved_precision(cfg: Config) -> Config:
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
 
 
-def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False, echo: bool = True) -> tuple[Path, list[Row]]:
+def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False, echo: bool = True,
+                   unit_cache: UnitCache | None = None) -> tuple[Path, list[Row]]:
     """Run every arm, seed and generation of ``cfg``; write the run folder; return it and the rows.
 
     With ``resume``, ``out`` must be a folder this function wrote before with the same config
     (``COSMETIC_KEYS``, settings that do not change results, aside); finished units are loaded,
     the unit in progress continues from its last epoch, and the final results.json is identical
-    to an uninterrupted run's.
+    to an uninterrupted run's. With ``unit_cache`` (``kdgen sweep``), units trained by other runs with
+    the same relevant settings are reused (:mod:`kdgen.unit_cache`).
     """
     start = time.perf_counter()
     if resume and out is None:
@@ -136,7 +139,7 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
     def factory():
         return build(cfg.model.name, data.num_classes, data.channels)
 
-    rows = GenerationsRunner(cfg, data, factory, store=store, model_name=cfg.model.name).run()
+    rows = GenerationsRunner(cfg, data, factory, store=store, model_name=cfg.model.name, unit_cache=unit_cache).run()
     store.write_results(complete=True)
     wall = time.perf_counter() - start
     write_json(out / "timing.json", {"wall_time_s": wall, "resumed": resume})

@@ -81,6 +81,18 @@ class RunStore:
         self.write_results(complete=False)
         self.state_path.unlink(missing_ok=True)
 
+    def adopt_unit(self, unit_name: str, checkpoint: Path, rows: list[Row], extras: dict[str, Any]) -> None:
+        """Finish a unit with a checkpoint another run trained (a hard link where possible)."""
+        from kdgen.unit_cache import link
+
+        self.checkpoint_path(unit_name).parent.mkdir(parents=True, exist_ok=True)
+        link(checkpoint, self.checkpoint_path(unit_name))
+        self.rows.extend(rows)
+        if extras:
+            self.extras[unit_name] = extras
+        self.done.append(unit_name)
+        self.write_results(complete=False)
+
     def write_results(self, *, complete: bool) -> None:
         write_json(self.results_path, {"rows": self.rows, "done": self.done, "complete": complete,
                                        "extras": self.extras})

@@ -1,0 +1,158 @@
+"""The summary of a ``kdgen sweep`` folder, from the val rows of its points only.
+
+Every metric of every arm and generation, mean ± std over seeds, per grid point; the selected
+cell (``--select``, default the tolerant arm's last generation) against the reference point and
+against the strict arm, paired by seed; the best point on val and the ``kdgen run`` command that
+evaluates it on test; and one plot per swept key through the best point.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from kdgen.checkpoint import read_json, write_json
+from kdgen.errors import CheckpointError
+from kdgen.report import markdown_table, paired_stats, summarize, write_html
+from kdgen.store import Row
+
+SPLIT = "val"  # a sweep chooses; it never reads the test split
+SHOWN = ("top1", "nll", "conf", "entropy", "secondary_mass", "semantic")
+
+
+def _load_plan(out: Path) -> dict[str, Any]:
+    path = out / "sweep.json"
+    if not path.is_file():
+        raise CheckpointError(f"{out}: not a sweep folder (no sweep.json)")
+    plan = read_json(path)
+    if not isinstance(plan, dict) or not isinstance(plan.get("points"), list):
+        raise CheckpointError(f"{path}: not a kdgen sweep file")
+    return plan
+
+
+def _point_rows(out: Path, name: str) -> tuple[list[Row], bool]:
+    path = out / "runs" / name / "results.json"
+    if not path.is_file():
+        return [], False
+    payload = read_json(path)
+    return payload.get("rows", []), bool(payload.get("complete"))
+
+
+def _by_seed(rows: list[Row], arm: str, generation: int, kind: str, metric: str = "top1") -> dict[int, float]:
+    return {int(r["seed"]): float(r[metric]) for r in rows
+            if r["arm"] == arm and r["generation"] == generation and r["kind"] == kind and metric in r}
+
+
+def sweep_summary(out: Path) -> dict[str, Any]:
+    """The sweep's results as data (also written to ``sweep_summary.json``)."""
+    from kdgen.sweep import SweepPlan, GridAxis, parse_select
+    from kdgen.config import build_config, apply_overrides
+
+    plan_json = _load_plan(out)
+    plan = SweepPlan(plan_json["base"], plan_json["config_file"], plan_json["overrides"],
+                     [GridAxis(k, tuple(v)) for k, v in plan_json["grid"]], plan_json["select"], plan_json["reference"])
+    cfg = build_config(apply_overrides(plan.base, []), "sweep base")
+    arm, generation, kind = parse_select(plan.select, cfg)
+    points = plan.points()
+    all_rows = {p.name: _point_rows(out, p.name) for p in points}
+    reference = points[plan.reference]
+    ref_values = _by_seed([r for r in all_rows[reference.name][0] if r["split"] == SPLIT], arm, generation, kind)
+    entries = []
+    for point in points:
+        all_splits, complete = all_rows[point.name]
+        rows = [r for r in all_splits if r["split"] == SPLIT]
+        score = _by_seed(rows, arm, generation, kind)
+        # The patriarch's top-1 on its own training sample: did it converge?
+        train_rows = [r for r in all_splits if r["split"] == "train"]
+        entry: dict[str, Any] = {"name": point.name, "settings": point.settings, "complete": complete,
+                                 "cells": summarize(rows), "score_n": len(score),
+                                 "patriarch_train_top1": _mean(_by_seed(train_rows, arm, 0, "single"))}
+        if score:
+            values = list(score.values())
+            entry["score_mean"] = sum(values) / len(values)
+            entry["score_nll"] = _mean(_by_seed(rows, arm, generation, kind, "nll"))
+            entry["vs_reference"] = paired_stats(score, ref_values) if point is not reference else None
+            if "strict" in cfg.generations.arms and arm != "strict":
+                entry["vs_strict"] = paired_stats(score, _by_seed(rows, "strict", generation, kind))
+        entries.append(entry)
+    scored = [e for e in entries if e["complete"] and "score_mean" in e]
+    best = max(scored, key=lambda e: (e["score_mean"], -e["score_nll"])) if scored else None
+    best_point = next((p for p in points if best is not None and p.name == best["name"]), None)
+    return {"select": {"arm": arm, "generation": generation, "kind": kind, "metric": "top1", "split": SPLIT},
+            "grid": plan_json["grid"], "reference": reference.name, "points": entries,
+            "best": best["name"] if best else None, "best_settings": best["settings"] if best else None,
+            "test_command": plan.test_command(best_point) if best_point is not None else None}
+
+
+def _mean(values: dict[int, float]) -> float:
+    return sum(values.values()) / len(values) if values else float("nan")
+
+
+def _cell(entry: dict[str, Any], arm: str, generation: int, kind: str = "single") -> dict[str, Any] | None:
+    return next((c for c in entry["cells"] if c["arm"] == arm and c["generation"] == generation
+                 and c["kind"] == kind), None)
+
+
+def _fmt(cell: dict[str, Any] | None, metric: str, digits: int = 2) -> str:
+    if cell is None or f"{metric}_mean" not in cell:
+        return "–"
+    return f"{cell[f'{metric}_mean']:.{digits}f} ± {cell[f'{metric}_std']:.{digits}f}"
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "–"
+    p = "n/a" if math.isnan(d["p"]) else f"{d['p']:.3f}"
+    return f"{d['mean']:+.2f} ± {d['std']:.2f} (p {p})"
+
+
+def build_sweep_report(out: Path) -> Path:
+    """Write ``sweep.md``, ``sweep.html``, ``sweep_summary.json`` and ``plots/`` for the sweep in ``out``."""
+    from kdgen.plots import sweep_plot
+
+    out = Path(out)
+    summary = sweep_summary(out)
+    select = summary["select"]
+    arm, last = select["arm"], select["generation"]
+    keys = [k for k, _ in summary["grid"]]
+    done = sum(e["complete"] for e in summary["points"])
+    seeds = sorted({c["n"] for e in summary["points"] for c in e["cells"]}, reverse=True)
+    what = f"{arm} generation {last}" + (" ensemble" if select["kind"] == "ensemble" else "")
+    intro = [f"Grid: {'; '.join(f'`{k}` ∈ {v}' for k, v in summary['grid'])} — {done} of {len(summary['points'])} "
+             f"points complete. Scored on the **val split only**; mean ± std over seeds (n up to {seeds[0] if seeds else 0}).",
+             f"Score: val top-1 of {what}. Paired differences pair seeds: against the reference point "
+             f"`{summary['reference']}`, and against the strict arm's generation {last} at the same point.",
+             "Units shared between points (the baseline and strict arms in a tolerance sweep) were trained once."]
+    if summary["best"] is not None:
+        best = next(e for e in summary["points"] if e["name"] == summary["best"])
+        intro.append(f"**Best point on val: `{summary['best']}`** ({', '.join(f'{k}={v}' for k, v in best['settings'].items())}), "
+                     f"val top-1 {best['score_mean']:.2f}. Evaluate it on test, once: `{summary['test_command']}`")
+    gens = range(0, last + 1)
+    header = ["point", *keys] + [f"{arm} g{g} top1" for g in gens] + \
+             [f"{arm} g0 conf", f"{arm} g0 train top1", "Δ vs reference", "Δ vs strict"]
+    body = []
+    for e in summary["points"]:
+        line = [e["name"] + ("" if e["complete"] else " (running)")] + [str(e["settings"][k]) for k in keys]
+        line += [_fmt(_cell(e, arm, g), "top1") for g in gens]
+        train = e["patriarch_train_top1"]
+        line += [_fmt(_cell(e, arm, 0), "conf", 3), "–" if math.isnan(train) else f"{train:.2f}",
+                 _diff(e.get("vs_reference")), _diff(e.get("vs_strict"))]
+        body.append(line)
+    long_header = ["point", "arm", "gen", "kind", "n"] + list(SHOWN)
+    long_body = []
+    for e in summary["points"]:
+        for c in e["cells"]:
+            long_body.append([e["name"], c["arm"], str(c["generation"]), c["kind"], str(c["n"])] +
+                             [_fmt(c, m, 2 if m in ("top1", "semantic") else 3) for m in SHOWN])
+    plots = [sweep_plot(summary, key, out / "plots" / f"sweep_{key.replace('.', '_')}.png") for key in keys]
+    plots = [p for p in plots if p is not None]
+    tables = [("Grid points (val split)", header, body), ("Every arm and generation (val split)", long_header, long_body)]
+    md = ["# kdgen sweep", "", *intro, ""]
+    for title, h, b in tables:
+        md += [f"## {title}", "", markdown_table(h, b), ""]
+    md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    (out / "sweep.md").write_text("\n".join(md), encoding="utf-8")
+    write_json(out / "sweep_summary.json", summary)
+    write_html(out / "sweep.html", "kdgen sweep", intro, tables, plots)
+    return out / "sweep.md"

@@ -1,0 +1,110 @@
+"""Trained units shared between runs, keyed by the settings that can change them.
+
+A unit (arm, seed, generation) depends on only part of the config:
+
+- every unit: ``data``, ``model``, ``train`` (all but ``train.compile``, which does not change
+  results) and its seed, arm and generation;
+- the tolerant arm: ``tolerance`` as well (its patriarch is trained with it, and every later
+  generation learns from that patriarch's line); ``tolerance.apply_to`` only from generation 1;
+  with ``eta`` 0 or ``method: none`` there is no term, and no tolerance setting matters;
+- every student (generation >= 1, not baseline): ``distill`` as well.
+
+So a baseline unit does not depend on ``tolerance.*`` or ``distill.*``, a strict unit not on
+``tolerance.*``, and a tolerant patriarch not on ``distill.*``. Generation g's key covers its whole
+teacher line (each teacher's settings are a subset of its student's), and a unit's own RNG stream
+depends only on (seed, arm, generation), so equal keys mean equal weights and equal rows.
+``kdgen sweep`` keeps one cache for all of its grid points: a sweep over ``tolerance.eta`` trains the
+baseline and strict arms once, and only the tolerant arm per point.
+
+Layout: ``DIR/<unit name>-<key>/model.safetensors`` and ``record.json`` (rows and extras).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdgen.checkpoint import read_json, write_json
+from kdgen.config import Config
+from kdgen.store import Row
+
+# Settings that never change a unit's result.
+COSMETIC = {"train": {"compile"}, "data": {"workers"}}
+
+
+def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str, Any]:
+    """The settings unit (arm, seed, generation) of ``cfg`` depends on, as a JSON-able dict."""
+    full = cfg.to_dict()
+    settings: dict[str, Any] = {"arm": arm, "seed": seed, "generation": generation}
+    for section in ("data", "model", "train"):
+        settings[section] = {k: v for k, v in full[section].items() if k not in COSMETIC.get(section, set())}
+    if arm == "tolerant":
+        tolerance = dict(full["tolerance"])
+        if tolerance["method"] == "none" or tolerance["eta"] == 0:
+            tolerance = {"method": "none"}  # no term at all: K, primary and apply_to change nothing
+        elif generation == 0:
+            tolerance.pop("apply_to")  # only decides whether students get the term too
+        settings["tolerance"] = tolerance
+    if arm != "baseline" and generation >= 1:
+        settings["distill"] = full["distill"]
+    return settings
+
+
+def unit_key(cfg: Config, arm: str, seed: int, generation: int) -> str:
+    """A short hash of :func:`unit_settings`: equal keys, equal units."""
+    text = json.dumps(unit_settings(cfg, arm, seed, generation), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CachedUnit:
+    checkpoint: Path
+    rows: list[Row]
+    extras: dict[str, Any]
+
+
+class UnitCache:
+    """A folder of finished units that several run folders draw on (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _folder(self, cfg: Config, arm: str, seed: int, generation: int) -> Path:
+        return self.root / f"{arm}-seed{seed}-gen{generation}-{unit_key(cfg, arm, seed, generation)}"
+
+    def get(self, cfg: Config, arm: str, seed: int, generation: int) -> CachedUnit | None:
+        """The unit if an earlier run trained it with the same settings, else None."""
+        folder = self._folder(cfg, arm, seed, generation)
+        record_path, checkpoint = folder / "record.json", folder / "model.safetensors"
+        if not (record_path.is_file() and checkpoint.is_file()):
+            return None
+        record = read_json(record_path)
+        return CachedUnit(checkpoint, record["rows"], record.get("extras") or {})
+
+    def put(self, cfg: Config, arm: str, seed: int, generation: int, checkpoint: Path, rows: list[Row],
+            extras: dict[str, Any]) -> None:
+        """Keep a finished unit: its checkpoint (hard-linked where possible) and its rows.
+
+        The record is written last, so a unit interrupted half-way in is simply not in the cache.
+        """
+        folder = self._folder(cfg, arm, seed, generation)
+        folder.mkdir(parents=True, exist_ok=True)
+        link(checkpoint, folder / "model.safetensors")
+        write_json(folder / "record.json", {"settings": unit_settings(cfg, arm, seed, generation),
+                                            "rows": rows, "extras": extras})
+
+
+def link(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` (a copy across file systems), replacing ``target``."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
