@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the cell whose val top-1 scores a point (default tolerant/last: the last generation)")
     sweep.add_argument("--reference", type=int, default=0, metavar="N",
                        help="index of the grid point the others are compared with, paired by seed (default 0, the first)")
+    sweep.add_argument("--units", type=Path, metavar="DIR", help="unit cache folder (default DIR/units); sweeps naming "
+                       "the same one share trained units, also while running side by side")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar (same as log.progress=false)")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides for every point")
 
@@ -144,7 +146,7 @@ def _sweep(args: argparse.Namespace) -> int:
     plan = make_plan(args.config, args.grid, overrides, args.select, args.reference)
     restore_handlers = _stop_on_signals()
     try:
-        run_sweep(plan, args.out, resume=args.resume)
+        run_sweep(plan, args.out, resume=args.resume, units=args.units)
     except KeyboardInterrupt:
         print(f"kdgen: interrupted; continue with the same command plus --resume", file=sys.stderr)
         return 130

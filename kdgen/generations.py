@@ -168,6 +168,7 @@ class GenerationsRunner:
                                       workers=self.cfg.data.workers)
                 new_rows.append(_rows(unit, "single", split_name, self.metrics(probs, split.labels)))
                 if generation == 0 and split_name != "train":
+                    extras["class_names"] = self.data.class_names
                     extras.setdefault("soft_confusion", {})[split_name] = soft_confusion(  # type: ignore[index]
                         probs, split.labels, self.data.num_classes)
                 if generation >= 1:

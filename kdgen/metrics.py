@@ -84,10 +84,14 @@ def secondary_information(probs: torch.Tensor, labels: torch.Tensor, k: int,
             others = probs.scatter(1, labels.view(-1, 1), -1.0)
             runner_up = others.argmax(dim=1)
             in_group = row_mates.gather(1, runner_up.view(-1, 1)).squeeze(1)
-            off_target = (1.0 - probs.gather(1, labels.view(-1, 1)).squeeze(1)).clamp_min(1e-30)
-            mate_mass = (probs * row_mates).sum(dim=1) / off_target
+            # Summed, not 1 - p_target: that difference rounds to 0 for a confident model while the
+            # group-mates' mass does not, and the ratio would explode.
+            off_target = others.clamp_min(0.0).sum(dim=1)
+            mate_mass = (probs * row_mates).sum(dim=1) / off_target.clamp_min(1e-300)
             metrics["semantic"] = 100.0 * float(in_group[eligible].double().mean())
-            metrics["semantic_mass"] = float(mate_mass[eligible].mean())
+            has_mass = eligible & (off_target > 0)
+            if bool(has_mass.any()):
+                metrics["semantic_mass"] = float(mate_mass[has_mass].mean())
     return metrics
 
 

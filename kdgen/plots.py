@@ -106,3 +106,41 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def patriarch_heatmaps(extras: dict, split: str, path: Path, max_classes: int = 40) -> Path | None:
+    """Per arm, the patriarch's mean probability on class j for images of true class i (j != i), averaged
+    over seeds: where each teacher puts its secondary confidence. None without data, or above
+    ``max_classes`` classes (a 100 x 100 picture says little; the matrices stay in results.json)."""
+    import numpy as np
+
+    by_arm: dict[str, list] = {}
+    names: list[str] = []
+    for unit, payload in extras.items():
+        matrix = (payload.get("soft_confusion") or {}).get(split)
+        if matrix is not None and unit.endswith("-gen0"):
+            by_arm.setdefault(unit.split("-seed")[0], []).append(np.array(matrix, dtype=float))
+            names = payload.get("class_names") or names
+    if not by_arm or len(next(iter(by_arm.values()))[0]) > max_classes:
+        return None
+    arms = sorted(by_arm, key=lambda a: list(COLORS).index(a) if a in COLORS else 99)
+    means = {arm: np.mean(by_arm[arm], axis=0) for arm in arms}
+    for matrix in means.values():
+        np.fill_diagonal(matrix, np.nan)  # the true class's own probability would drown the rest
+    top = max(float(np.nanmax(m)) for m in means.values())
+    classes = len(next(iter(means.values())))
+    labels = names if len(names) == classes else [str(i) for i in range(classes)]
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms) + 0.8, 4.4), dpi=110, squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        image = ax.imshow(means[arm], cmap="magma", vmin=0.0, vmax=top)
+        ax.set_title(f"{arm} patriarch (n={len(by_arm[arm])})", fontsize=9)
+        ax.set_xticks(range(classes), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(classes), labels, fontsize=6)
+        ax.set_xlabel("predicted class j", fontsize=8)
+    axes[0][0].set_ylabel("true class i", fontsize=8)
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean probability on j (diagonal hidden)")
+    fig.suptitle(f"Where each patriarch puts its secondary confidence ({split} split, mean over seeds)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -132,15 +132,64 @@ def _signed(value: float) -> str:
     return "+0.00" if text == "-0.00" else text
 
 
+COMPARISONS = (("tolerant", "strict", "single"), ("tolerant", "strict", "ensemble"),
+               ("tolerant", "baseline", "single"), ("tolerant", "baseline", "ensemble"),
+               ("strict", "baseline", "single"), ("strict", "baseline", "ensemble"))
+
+
+def _p_text(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.3f}"
+
+
 def diff_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]:
+    """Arm against arm at the same generation, paired by seed (ensembles against ensembles)."""
     header = ["comparison", "gen", "n", "Δ top1 (points)", "p (paired t)"]
     body = []
-    for label, arm_b, kind in (("tolerant − strict", "strict", "single"), ("tolerant − strict (ensemble)", "strict", "ensemble"),
-                               ("tolerant − baseline", "baseline", "single"),
-                               ("tolerant − baseline (ensemble)", "baseline", "ensemble")):
-        for d in paired_differences(rows, "tolerant", arm_b, split=split, kind=kind):
-            p = "n/a" if math.isnan(float(d["p"])) else f"{float(d['p']):.3f}"
-            body.append([label, str(d["generation"]), str(d["n"]), f"{_signed(float(d['mean']))} ± {float(d['std']):.2f}", p])
+    for arm_a, arm_b, kind in COMPARISONS:
+        label = f"{arm_a} − {arm_b}" + (" (ensemble)" if kind == "ensemble" else "")
+        for d in paired_differences(rows, arm_a, arm_b, split=split, kind=kind):
+            body.append([label, str(d["generation"]), str(d["n"]), f"{_signed(float(d['mean']))} ± {float(d['std']):.2f}",
+                         _p_text(float(d["p"]))])
+    return header, body
+
+
+def gains_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]:
+    """Does a generation pay? Each student (and ensemble) of an arm against the same arm's patriarch, paired by seed."""
+    header = ["arm", "gen", "n", "Δ top1 single − patriarch", "p", "Δ top1 ensemble − patriarch", "p "]
+    values: dict[tuple[str, int, str], dict[int, float]] = defaultdict(dict)
+    for row in rows:
+        if row["split"] == split:
+            values[(str(row["arm"]), int(row["generation"]), str(row["kind"]))][int(row["seed"])] = float(row["top1"])
+    body = []
+    for arm, generation in sorted({(a, g) for (a, g, _) in values if g >= 1}, key=lambda k: (_key_order(k[0]), k[1])):
+        patriarch = values.get((arm, 0, "single"), {})
+        line = [arm, str(generation)]
+        single = paired_stats(values[(arm, generation, "single")], patriarch)
+        ensemble = paired_stats(values.get((arm, generation, "ensemble"), {}), patriarch)
+        if single is None:
+            continue
+        line.append(str(single["n"]))
+        for d in (single, ensemble):
+            line += ["–", "–"] if d is None else [f"{_signed(d['mean'])} ± {d['std']:.2f}", _p_text(d["p"])]
+        body.append(line)
+    return header, body
+
+
+SECONDARY = (("conf", "confidence", 3), ("entropy", "entropy", 3), ("secondary_mass", "mass ranks 2..K", 3),
+             ("semantic", "semantic 2nd choice %", 1), ("semantic_mass", "semantic mass", 3))
+
+
+def secondary_table(summary: list[dict[str, object]], split: str) -> tuple[list[str], list[list[str]]]:
+    """Convergence (train-split top-1 and NLL) and what every model says beyond its top-1 choice."""
+    index = {(e["split"], e["arm"], e["generation"]): e for e in summary if e["kind"] == "single"}
+    shown = [(m, label, d) for m, label, d in SECONDARY if any(f"{m}_mean" in e for e in index.values())]
+    header = ["arm", "gen", "train top1", "train NLL"] + [label for _, label, _ in shown]
+    keys = sorted({(a, g) for (sp, a, g) in index if sp == split}, key=lambda k: (_key_order(str(k[0])), k[1]))
+    body = []
+    for arm, gen in keys:
+        train, here = index.get(("train", arm, gen)), index[(split, arm, gen)]
+        body.append([str(arm), str(gen), _fmt(train, "top1"), _fmt(train, "nll", 3)] +
+                    [_fmt(here, m, d) for m, _, d in shown])
     return header, body
 
 
@@ -183,9 +232,19 @@ def load_rows(run_dir: Path) -> list[Row]:
     return rows
 
 
+def load_extras(run_dir: Path) -> dict[str, dict]:
+    """Per-unit extras of ``run_dir/results.json`` (the patriarchs' soft confusion matrices); {} if none."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        return {}
+    payload = read_json(path)
+    extras = payload.get("extras") if isinstance(payload, dict) else None
+    return extras if isinstance(extras, dict) else {}
+
+
 def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: float | None = None) -> Path:
     """Write ``report.md``, ``report.html``, ``summary.json`` and ``plots/*.png`` for ``run_dir``."""
-    from kdgen.plots import metric_plot
+    from kdgen.plots import metric_plot, patriarch_heatmaps
 
     run_dir = Path(run_dir)
     rows = load_rows(run_dir) if rows is None else rows
@@ -201,16 +260,26 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
     # Each table is computed once and rendered twice (markdown and HTML).
     tables: list[tuple[str, list[str], list[list[str]]]] = []
     for split in ("test", "val"):
-        header, body = summary_table(summary, split)
-        if body:
-            tables.append((f"{split} split", header, body))
-        header, body = diff_table(rows, split)
-        if body:
-            tables.append((f"Paired differences, {split} split", header, body))
+        for title, (header, body) in ((f"{split} split", summary_table(summary, split)),
+                                      (f"Do generations pay? Each generation against its patriarch, {split} split",
+                                       gains_table(rows, split)),
+                                      (f"Paired differences between arms, {split} split", diff_table(rows, split)),
+                                      (f"Secondary information and convergence, {split} split",
+                                       secondary_table(summary, split))):
+            if body:
+                tables.append((title, header, body))
+    extras = load_extras(run_dir)
+    heatmap = patriarch_heatmaps(extras, "test", run_dir / "plots" / "patriarch_soft_confusion_test.png")
+    if heatmap is not None:
+        plots.append(heatmap)
     intro = [f"Seeds: {seeds} ({len(seeds)}). Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins; "
              "confidence is the mean top-1 probability (a tolerant patriarch's is lower than a strict one's).",
              "Ensembles average the softmax of generations 1..g (students only; baseline: independent models 1..g).",
-             "Paired differences pair runs by seed; p is a two-sided paired t-test (n/a below two seeds)."]
+             "Paired differences pair runs by seed; p is a two-sided paired t-test (n/a below two seeds).",
+             "Secondary information: entropy in nats; mass ranks 2..K is the probability on the 2nd..K-th classes; "
+             "semantic 2nd choice is how often the best class other than the true one shares the true class's group "
+             "(data sources with groups only); semantic mass is the share of non-target probability on that group. "
+             "train top-1/NLL are on a fixed unaugmented sample of the training split: near 100 % means the model converged."]
     if best is not None:
         intro.append(f"Best single model, chosen on the val split only: **{best['arm']} generation {best['generation']}**, "
                      f"seed {best['seed']} (val top-1 {float(best['val_top1']):.2f} %) — `{best['checkpoint']}`.")

@@ -185,8 +185,12 @@ def parse_select(select: str, cfg: Config) -> tuple[str, int, str]:
     return arm, generation, kind
 
 
-def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = True) -> Path:
-    """Run every grid point of ``plan`` under ``out`` (sharing units), then write the summary."""
+def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = True, units: Path | None = None) -> Path:
+    """Run every grid point of ``plan`` under ``out`` (sharing units), then write the summary.
+
+    ``units`` is the unit cache folder (default ``out/units``); sweeps that name the same folder
+    share their units, even while they run at the same time (a unit is published atomically).
+    """
     from kdgen.sweep_report import build_sweep_report
 
     sweep_file = out / "sweep.json"
@@ -201,7 +205,7 @@ def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = 
         check_new_out_dir(out)
     make_out_dir(out)
     write_json(sweep_file, plan.to_json())
-    cache = UnitCache(out / "units")
+    cache = UnitCache(units if units is not None else out / "units")
     points = plan.points()
     for index, point in enumerate(points):
         run_dir = out / "runs" / point.name

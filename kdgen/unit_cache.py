@@ -101,7 +101,7 @@ class UnitCache:
 
 def link(source: Path, target: Path) -> None:
     """Hard-link ``source`` to ``target`` (a copy across file systems), replacing ``target``."""
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # per process: sweeps may share a cache
     tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -37,4 +39,5 @@ def tiny_data(tiny_cfg):
 
 @pytest.fixture(autouse=True)
 def _two_threads():
-    torch.set_num_threads(2)
+    # KDGEN_TEST_THREADS=1 leaves a core free (e.g. for an experiment running beside the suite).
+    torch.set_num_threads(int(os.environ.get("KDGEN_TEST_THREADS", "2")))

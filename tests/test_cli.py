@@ -24,12 +24,12 @@ def test_run_writes_the_run_directory_and_report_rebuilds(tmp_path):
     assert "tolerant − strict" in result.stdout and "wall time" in result.stdout
     rows = json.loads((out / "results.json").read_text())["rows"]
     singles = [r for r in rows if r["kind"] == "single"]
-    assert len(singles) == 2 * 3 * 3 * 2  # seeds x arms x generations x splits
+    assert len(singles) == 2 * 3 * 3 * 3  # seeds x arms x generations x splits (train sample, val, test)
     ensembles = [r for r in rows if r["kind"] == "ensemble"]
-    assert {r["generation"] for r in ensembles} == {2} and len(ensembles) == 2 * 3 * 2
+    assert {r["generation"] for r in ensembles} == {2} and len(ensembles) == 2 * 3 * 3
     for row in rows:
         assert {"arm", "generation", "kind", "seed", "split", "top1", "nll", "ece"} <= set(row)
-        assert 0 <= row["top1"] <= 100 and row["split"] in ("val", "test")
+        assert 0 <= row["top1"] <= 100 and row["split"] in ("train", "val", "test")
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["train"]["epochs"] == 1 and config["data"]["name"] == "synthetic"
     assert len(list((out / "checkpoints").glob("*.safetensors"))) == 2 * 3 * 3

@@ -1,0 +1,157 @@
+"""kdgen sweep: which settings a unit depends on, reuse that equals a fresh run, val-only scoring,
+resume and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kdgen import generations
+from kdgen.checkpoint import read_json, write_json
+from kdgen.config import load_config
+from kdgen.runner import run_experiment
+from kdgen.sweep import make_plan, parse_axis, run_sweep
+from kdgen.sweep_report import build_sweep_report
+from kdgen.unit_cache import UnitCache, unit_key
+
+TINY = ["data.name=synthetic", "data.num_train=96", "data.num_test=24", "data.image_size=8", "data.channels=1",
+        "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=1", "train.batch_size=16", "seeds=[0,1]",
+        "generations.count=2", "log.progress=false"]
+
+
+def cfg(*overrides):
+    return load_config(None, TINY + list(overrides))
+
+
+def test_unit_keys_depend_only_on_the_settings_that_change_the_unit():
+    a = cfg("tolerance.eta=0.1", "distill.weight=0.5")
+    for arm, generation in [("baseline", 0), ("baseline", 2)]:
+        assert unit_key(a, arm, 0, generation) == unit_key(cfg("tolerance.eta=0.4", "distill.weight=0.9"), arm, 0, generation)
+    assert unit_key(a, "strict", 0, 1) == unit_key(cfg("tolerance.eta=0.4", "distill.weight=0.5"), "strict", 0, 1)
+    assert unit_key(a, "strict", 0, 1) != unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.9"), "strict", 0, 1)
+    assert unit_key(a, "strict", 0, 0) == unit_key(cfg("distill.weight=0.9"), "strict", 0, 0)  # a patriarch has no teacher
+    assert unit_key(a, "tolerant", 0, 0) == unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.9"), "tolerant", 0, 0)
+    assert unit_key(a, "tolerant", 0, 0) != unit_key(cfg("tolerance.eta=0.2", "distill.weight=0.5"), "tolerant", 0, 0)
+    assert unit_key(a, "tolerant", 0, 1) != unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.9"), "tolerant", 0, 1)
+    # with no tolerance term at all, K and primary change nothing
+    assert unit_key(cfg("tolerance.eta=0", "tolerance.k=2"), "tolerant", 0, 1) == \
+        unit_key(cfg("tolerance.eta=0", "tolerance.k=3", "tolerance.primary=top1"), "tolerant", 0, 1)
+    # seeds, generation count and cosmetic settings do not matter; the seed and the data do
+    assert unit_key(a, "strict", 1, 1) == unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.5", "seeds=[1]",
+                                                       "generations.count=5", "train.compile=true"), "strict", 1, 1)
+    assert unit_key(a, "strict", 0, 1) != unit_key(a, "strict", 1, 1)
+    assert unit_key(a, "strict", 0, 1) != unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.5", "train.lr=0.2"), "strict", 0, 1)
+
+
+def _count_training(monkeypatch):
+    trained = []
+    real = generations.train_generation
+
+    def counting(*args, **kwargs):
+        trained.append(kwargs["where"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generations, "train_generation", counting)
+    return trained
+
+
+@pytest.mark.slow
+def test_reused_units_equal_a_fresh_run_and_only_the_tolerant_arm_is_trained_again(tmp_path, monkeypatch):
+    cache = UnitCache(tmp_path / "units")
+    run_experiment(cfg("tolerance.eta=0.1"), tmp_path / "a", echo=False, unit_cache=cache)
+    trained = _count_training(monkeypatch)
+    _, reused = run_experiment(cfg("tolerance.eta=0.3"), tmp_path / "b", echo=False, unit_cache=cache)
+    assert trained and all(where.startswith("arm tolerant") for where in trained)
+    assert len(trained) == 2 * 3  # seeds x tolerant generations
+    _, fresh = run_experiment(cfg("tolerance.eta=0.3"), tmp_path / "fresh", echo=False)
+    assert reused == fresh
+    assert read_json(tmp_path / "b" / "results.json")["extras"] == read_json(tmp_path / "fresh" / "results.json")["extras"]
+    # each point stays a complete, self-contained run folder
+    assert len(list((tmp_path / "b" / "checkpoints").glob("*.safetensors"))) == 2 * 3 * 3
+
+
+def test_grid_axes_parse_yaml_values_and_refuse_what_cannot_be_swept():
+    assert parse_axis("tolerance.eta=0,0.05,0.1").values == (0, 0.05, 0.1)
+    assert parse_axis("train.milestones=[0.5,0.75],[0.3]").values == ([0.5, 0.75], [0.3])
+    assert parse_axis("tolerance.primary=top1,target").values == ("top1", "target")
+    for bad, message in [("tolerance.eta", "KEY=V1,V2"), ("seeds=[0],[1]", "cannot be swept"),
+                         ("tolerance.eta=0.1,,0.2", "empty value"), ("tolerance.eta=0.1,0.1", "repeated")]:
+        with pytest.raises(Exception, match=message):
+            parse_axis(bad)
+
+
+def test_every_point_is_validated_before_anything_runs():
+    with pytest.raises(Exception, match="tolerance.eta"):
+        make_plan(None, ["tolerance.eta=0.1,-1"], TINY, "tolerant/last", 0)
+    with pytest.raises(Exception, match="given twice"):
+        make_plan(None, ["tolerance.eta=0.1", "tolerance.eta=0.2"], TINY, "tolerant/last", 0)
+    with pytest.raises(Exception, match="generation must be"):
+        make_plan(None, ["tolerance.eta=0.1"], TINY, "tolerant/7", 0)
+    with pytest.raises(Exception, match="reference"):
+        make_plan(None, ["tolerance.eta=0.1,0.2"], TINY, "tolerant/last", 2)
+
+
+@pytest.mark.slow
+def test_sweep_scores_on_val_only_resumes_without_training_and_names_the_test_command(tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    plan = make_plan(None, ["tolerance.eta=0,0.3", "tolerance.k=2,3"], TINY, "tolerant/last", 0)
+    run_sweep(plan, out, echo=False)
+    summary = read_json(out / "sweep_summary.json")
+    assert len(summary["points"]) == 4 and all(p["complete"] for p in summary["points"])
+    assert summary["best"] in {p["name"] for p in summary["points"]}
+    assert summary["test_command"].startswith("kdgen run ") and "tolerance.eta=" in summary["test_command"]
+    assert all(c["split"] == "val" for p in summary["points"] for c in p["cells"])
+    assert (out / "sweep.md").read_text().count("|") > 20 and (out / "sweep.html").exists()
+    assert (out / "plots" / "sweep_tolerance_eta.png").stat().st_size > 1000
+    # eta=0 makes K irrelevant: the two eta=0 points share every unit
+    a, b = (json.loads((out / "runs" / p["name"] / "results.json").read_text())["rows"] for p in summary["points"][:2])
+    assert a == b
+    # test rows never move the summary
+    for point in summary["points"]:
+        path = out / "runs" / point["name"] / "results.json"
+        payload = read_json(path)
+        for row in payload["rows"]:
+            if row["split"] == "test":
+                row["top1"] = 100.0 - row["top1"]
+        write_json(path, payload)
+    build_sweep_report(out)
+    assert read_json(out / "sweep_summary.json") == summary
+    # a finished sweep resumes without training anything
+    trained = _count_training(monkeypatch)
+    run_sweep(plan, out, resume=True, echo=False)
+    assert trained == []
+
+
+def kdgen(*args):
+    return subprocess.run([sys.executable, "-m", "kdgen", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "tolerance.eta=0.1,0.2"], "required: --out"),
+    (["--out", "X", "--grid", "tolerance.bogus=1,2"], "unknown key 'tolerance.bogus'"),
+    (["--out", "X"], "at least one --grid"),
+    (["--out", "X", "--grid", "seeds=[0],[1]"], "cannot be swept"),
+    (["--out", "X", "--grid", "tolerance.eta=0.1", "--select", "nobody/1"], "not run"),
+])
+def test_sweep_mistakes_are_one_line_errors(tmp_path, args, message):
+    args = [str(tmp_path / a) if a == "X" else a for a in args]
+    result = kdgen("sweep", *args, *TINY)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "X").exists()
+
+
+def test_sweep_refuses_a_used_folder_and_a_changed_grid_on_resume(tmp_path):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    result = kdgen("sweep", "--out", str(used), "--grid", "tolerance.eta=0.1", *TINY)
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert (used / "keep.txt").read_text() == "mine"
+    result = kdgen("sweep", "--out", str(used), "--resume", "--grid", "tolerance.eta=0.1", *TINY)
+    assert result.returncode == 2 and "not a sweep folder" in result.stderr
+    plan = make_plan(None, ["tolerance.eta=0.1"], TINY, "tolerant/last", 0)
+    write_json(tmp_path / "s" / "sweep.json", plan.to_json())
+    result = kdgen("sweep", "--out", str(tmp_path / "s"), "--resume", "--grid", "tolerance.eta=0.2", *TINY)
+    assert result.returncode == 2 and "differs" in result.stderr
