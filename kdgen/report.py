@@ -309,11 +309,12 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
     def table_html(header: list[str], body: list[list[str]]) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         lines = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in body)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>"
+        return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table></div>"
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
-             "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "div.wide{overflow-x:auto}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}"
              "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}",
              f"</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{_inline(line)}</p>" for line in intro]

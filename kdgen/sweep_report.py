@@ -14,7 +14,7 @@ from typing import Any
 
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
-from kdgen.report import markdown_table, paired_stats, summarize, write_html
+from kdgen.report import ARM_ORDER, markdown_table, paired_stats, summarize, write_html
 from kdgen.store import Row
 
 SPLIT = "val"  # a sweep chooses; it never reads the test split
@@ -142,7 +142,7 @@ def build_sweep_report(out: Path) -> Path:
     long_header = ["point", "arm", "gen", "kind", "n"] + list(SHOWN)
     long_body = []
     for e in summary["points"]:
-        for c in e["cells"]:
+        for c in sorted(e["cells"], key=lambda c: (ARM_ORDER.get(c["arm"], 99), c["arm"], c["generation"], c["kind"] != "single")):
             long_body.append([e["name"], c["arm"], str(c["generation"]), c["kind"], str(c["n"])] +
                              [_fmt(c, m, 2 if m in ("top1", "semantic") else 3) for m in SHOWN])
     plots = [sweep_plot(summary, key, out / "plots" / f"sweep_{key.replace('.', '_')}.png") for key in keys]

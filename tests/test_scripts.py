@@ -38,3 +38,26 @@ def test_throughput_benchmark_prints_every_figure(tmp_path):
                 "pipeline_ratio"):
         assert figures[key] > 0, key
     assert figures["model"] == "resnet8"
+
+
+def test_merge_runs_equals_one_run_over_all_seeds(tmp_path):
+    from kdgen.checkpoint import read_json
+    from kdgen.config import load_config
+    from kdgen.runner import run_experiment
+
+    tiny = ["data.name=synthetic", "data.num_train=64", "data.num_test=16", "data.image_size=8", "data.channels=1",
+            "data.num_classes=3", "model.name=cnn-tiny", "train.epochs=1", "train.batch_size=16",
+            "generations.count=1", "log.progress=false"]
+    for name, seeds in (("a", "[0]"), ("b", "[1]"), ("both", "[0,1]")):
+        run_experiment(load_config(None, tiny + [f"seeds={seeds}"]), tmp_path / name, echo=False)
+    script = ROOT / "scripts" / "merge_runs.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "merged"), str(tmp_path / "a"), str(tmp_path / "b")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    merged, single = read_json(tmp_path / "merged" / "results.json"), read_json(tmp_path / "both" / "results.json")
+    assert merged["rows"] == single["rows"] and merged["extras"] == single["extras"]
+    assert "seeds:\n- 0\n- 1" in (tmp_path / "merged" / "config.yaml").read_text()
+    assert (tmp_path / "merged" / "report.md").is_file()
+    again = subprocess.run([sys.executable, str(script), str(tmp_path / "m2"), str(tmp_path / "a"), str(tmp_path / "a")],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "share seeds" in again.stderr

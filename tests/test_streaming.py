@@ -37,7 +37,8 @@ def test_streaming_folder_trains_and_evaluates(tmp_path):
     assert isinstance(data.val, StreamingSplit) and not data.val.train  # held-out data is not randomly cropped
     assert len(data.train) + len(data.val) == 18 and len(data.test) == 6
     rows = GenerationsRunner(cfg, data, lambda: build("cnn-tiny", 3, 3)).run()
-    assert len([r for r in rows if r["kind"] == "single"]) == 3 * 3 * 2
+    assert len([r for r in rows if r["kind"] == "single"]) == 3 * 3 * 3  # arms x generations x (train, val, test)
+    assert isinstance(data.train_eval, StreamingSplit) and not data.train_eval.train  # evaluated unaugmented
 
 
 def test_streaming_batches_are_uint8_and_reproducible(tmp_path):
