@@ -28,11 +28,12 @@ from kdgen.store import RunStore
 def bundle_from_tensors(train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
                         test_labels: torch.Tensor, *, class_names: Sequence[str] | None = None,
                         val_fraction: float = 0.2, split_seed: int = 0,
-                        augment: AugmentSpec = AugmentSpec()) -> DataBundle:
+                        augment: AugmentSpec = AugmentSpec(), train_per_class: int | None = None) -> DataBundle:
     """A :class:`DataBundle` from uint8 image tensors ``(N, C, H, W)`` and integer labels.
 
     A stratified ``val_fraction`` of the training data is held out for choices; the test tensors
     are only ever evaluated. Normalisation constants are computed from the remaining training data.
+    ``train_per_class`` keeps a fixed stratified subset of that many training images per class.
     """
     if train_images.dtype != torch.uint8 or test_images.dtype != torch.uint8:
         raise DataError("images must be uint8 tensors (N, C, H, W) in 0..255; "
@@ -42,7 +43,7 @@ def bundle_from_tensors(train_images: torch.Tensor, train_labels: torch.Tensor, 
     source = SourceData(train=Split(train_images, train_labels), test=Split(test_images, test_labels),
                         class_names=names, augment=augment)
     source.check_labels("bundle_from_tensors")
-    return make_bundle(source, val_fraction, split_seed)
+    return make_bundle(source, val_fraction, split_seed, train_per_class=train_per_class)
 
 
 def train_generations(model_factory: Callable[[], nn.Module], data: DataBundle, cfg: Config | None = None, *,

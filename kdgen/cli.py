@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, metavar="FILE", help="YAML config (default: the embedded digits experiment)")
     run.add_argument("--out", type=Path, metavar="DIR", help="output folder, new or empty (default: a new folder under runs/)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out DIR")
+    run.add_argument("--units", type=Path, metavar="DIR", help="a unit cache (e.g. a sweep's DIR/units): units trained "
+                     "before with the same relevant settings are taken from it instead of trained, new ones are added")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (same as log.progress=false)")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
@@ -105,7 +107,12 @@ def _run(args: argparse.Namespace) -> int:
     out = args.out
     restore_handlers = _stop_on_signals()
     try:
-        run_experiment(cfg, out, resume=args.resume)
+        cache = None
+        if args.units is not None:
+            from kdgen.unit_cache import UnitCache
+
+            cache = UnitCache(args.units)
+        run_experiment(cfg, out, resume=args.resume, unit_cache=cache)
     except KeyboardInterrupt:
         where = f" --out {out}" if out is not None else ""
         print(f"kdgen: interrupted; the training state is saved: continue with kdgen run --resume{where}",

@@ -61,6 +61,11 @@ def _cell_series(points: list[dict], arm: str, generation: int, metric: str) -> 
     return xs, ys, errs
 
 
+def _spans_decades(values: list) -> bool:
+    positive = [v for v in values if v > 0]
+    return len(positive) >= 2 and max(positive) / min(positive) >= 10
+
+
 def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
     """Val top-1 of every generation of the selected arm (and of the strict arm, dashed) against ``key``,
     and the patriarch's confidence, through the best point. None when no point has results yet."""
@@ -75,9 +80,9 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
         return [values[i] for i in xs] if numeric else xs
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.0), dpi=110)
-    palette = plt.get_cmap("viridis")
+    palette = plt.get_cmap("tab10")
     for generation in range(last + 1):
-        color = palette(generation / max(1, last))
+        color = palette(generation % 10)
         xs, ys, errs = _cell_series(points, arm, generation, "top1")
         if xs:
             left.errorbar(position(xs), ys, yerr=errs, fmt="-o", color=color, capsize=3, markersize=4,
@@ -98,6 +103,10 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
         ax.legend(fontsize=7, ncol=2 if ax is left else 1)
         if not numeric:
             ax.set_xticks(range(len(values)), [str(v) for v in values])
+        elif _spans_decades(values):
+            # e.g. eta = 0, 0.3, 1, 3: linear near 0, logarithmic above the smallest positive value
+            ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))
+            ax.set_xticks(sorted(set(values)), [str(v) for v in sorted(set(values))])
     fixed = {k: v for k, v in (summary["best_settings"] or {}).items() if k != key}
     fig.suptitle(f"sweep over {key}" + (f" (other keys at the best point: {fixed})" if fixed else "")
                  + "; mean ± std over seeds", fontsize=9)

@@ -133,7 +133,8 @@ def build_sweep_report(out: Path) -> Path:
              [f"{arm} g0 conf", f"{arm} g0 train top1", "Δ vs reference", "Δ vs strict"]
     body = []
     for e in summary["points"]:
-        line = [e["name"] + ("" if e["complete"] else " (running)")] + [str(e["settings"][k]) for k in keys]
+        state = "" if e["complete"] else " (running)" if (out / "runs" / e["name"]).is_dir() else " (not run yet)"
+        line = [e["name"] + state] + [str(e["settings"][k]) for k in keys]
         line += [_fmt(_cell(e, arm, g), "top1") for g in gens]
         train = e["patriarch_train_top1"]
         line += [_fmt(_cell(e, arm, 0), "conf", 3), "–" if math.isnan(train) else f"{train:.2f}",

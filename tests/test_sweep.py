@@ -155,3 +155,16 @@ def test_sweep_refuses_a_used_folder_and_a_changed_grid_on_resume(tmp_path):
     write_json(tmp_path / "s" / "sweep.json", plan.to_json())
     result = kdgen("sweep", "--out", str(tmp_path / "s"), "--resume", "--grid", "tolerance.eta=0.2", *TINY)
     assert result.returncode == 2 and "differs" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_with_units_shares_a_cache_from_the_command_line(tmp_path):
+    units = tmp_path / "units"
+    tiny = TINY[:-1] + ["seeds=[0]", "generations.count=1"]
+    first = kdgen("run", "--units", str(units), "--out", str(tmp_path / "a"), "--no-progress", *tiny)
+    assert first.returncode == 0, first.stderr
+    assert len(list(units.glob("*/record.json"))) == 3 * 2  # arms x generations
+    second = kdgen("run", "--units", str(units), "--out", str(tmp_path / "b"), "--no-progress", *tiny)
+    assert second.returncode == 0, second.stderr
+    rows = [json.loads((tmp_path / name / "results.json").read_text())["rows"] for name in ("a", "b")]
+    assert rows[0] == rows[1]
