@@ -79,28 +79,39 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
     def position(xs: list[int]) -> list:
         return [values[i] for i in xs] if numeric else xs
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.0), dpi=110)
+    fig, (left, zoom, right) = plt.subplots(1, 3, figsize=(15.0, 4.2), dpi=110)
     palette = plt.get_cmap("tab10")
+    reference: list[float] = []  # the strict arm's values (or the scored arm's at the best point)
     for generation in range(last + 1):
         color = palette(generation % 10)
         xs, ys, errs = _cell_series(points, arm, generation, "top1")
-        if xs:
-            left.errorbar(position(xs), ys, yerr=errs, fmt="-o", color=color, capsize=3, markersize=4,
-                          label=f"{arm} gen {generation}" + (" (patriarch)" if generation == 0 else ""))
-        if arm != "strict":
-            xs, ys, _ = _cell_series(points, "strict", generation, "top1")
+        for ax in (left, zoom):
             if xs:
-                left.plot(position(xs), ys, "--", color=color, alpha=0.6, label=f"strict gen {generation}")
+                ax.errorbar(position(xs), ys, yerr=errs, fmt="-o", color=color, capsize=3, markersize=4,
+                            label=f"{arm} gen {generation}" + (" (patriarch)" if generation == 0 else ""))
+        if arm != "strict":
+            sx, sy, _ = _cell_series(points, "strict", generation, "top1")
+            reference += sy
+            for ax in (left, zoom):
+                if sx:
+                    ax.plot(position(sx), sy, "--", color=color, alpha=0.6, label=f"strict gen {generation}")
+        if generation == last and not reference:
+            reference += ys
+    if reference:
+        # Strong settings can collapse a model; the zoom keeps the region where the arms compete readable.
+        zoom.set_ylim(min(reference) - 2.5, max(reference) + 1.5)
     for metric, style, label in (("conf", "-o", "confidence (mean top-1 prob.)"),
                                  ("secondary_mass", "-s", "mass on ranks 2..K")):
         xs, ys, errs = _cell_series(points, arm, 0, metric)
         if xs:
             right.errorbar(position(xs), ys, yerr=errs, fmt=style, capsize=3, markersize=4, label=f"patriarch {label}")
-    for ax, title in ((left, "val top-1 (%)"), (right, "patriarch's secondary information (val)")):
+    for ax, title in ((left, "val top-1 (%)"), (zoom, "val top-1 (%), zoomed on the strict arm"),
+                      (right, "patriarch's secondary information (val)")):
         ax.set_xlabel(key)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if ax is left else 1)
+        if ax is not zoom:
+            ax.legend(fontsize=7, ncol=2 if ax is left else 1)
         if not numeric:
             ax.set_xticks(range(len(values)), [str(v) for v in values])
         elif _spans_decades(values):

@@ -9,7 +9,7 @@ from kdgen.errors import ConfigError
 def test_defaults_are_the_embedded_digits_experiment():
     cfg = load_config()
     assert cfg.data.name == "digits" and cfg.generations.arms == ["baseline", "strict", "tolerant"]
-    assert len(cfg.seeds) >= 3 and cfg.generations.count >= 3
+    assert len(cfg.seeds) >= 3 and cfg.generations.count >= 2  # two students: the smallest ensemble
 
 
 def test_overrides_parse_yaml_values(tmp_path):

@@ -19,14 +19,19 @@ class Recorder(nn.Module):
     (a traced copy would not run hooks), so the log shows the teacher object itself.
     """
 
+    created = 0
+
     def __init__(self, log: list, num_classes: int = 4) -> None:
         super().__init__()
         self.log = log
+        # A serial number, not id(): a freed patriarch's address may be reused by a later student.
+        Recorder.created += 1
+        self.serial = Recorder.created
         self.net = build("cnn-tiny", num_classes, 1)
         self.register_forward_pre_hook(Recorder.record)
 
     def record(self, args: tuple) -> None:
-        self.log.append({"model": id(self), "training": self.training, "inference": torch.is_inference_mode_enabled(),
+        self.log.append({"model": self.serial, "training": self.training, "inference": torch.is_inference_mode_enabled(),
                          "requires_grad": any(p.requires_grad for p in self.parameters()),
                          "input": args[0].detach().clone()})
 
