@@ -155,7 +155,7 @@ def patriarch_heatmaps(extras: dict, split: str, path: Path, max_classes: int = 
         image = ax.imshow(means[arm], cmap="magma", vmin=0.0, vmax=top)
         ax.set_title(f"{arm} patriarch (n={len(by_arm[arm])})", fontsize=9)
         ax.set_xticks(range(classes), labels, rotation=90, fontsize=6)
-        ax.set_yticks(range(classes), labels, fontsize=6)
+        ax.set_yticks(range(classes), labels if ax is axes[0][0] else [], fontsize=6)  # shared rows: label once
         ax.set_xlabel("predicted class j", fontsize=8)
     axes[0][0].set_ylabel("true class i", fontsize=8)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean probability on j (diagonal hidden)")

@@ -138,18 +138,24 @@ COMPARISONS = (("tolerant", "strict", "single"), ("tolerant", "strict", "ensembl
 
 
 def _p_text(p: float) -> str:
-    return "n/a" if math.isnan(p) else f"{p:.3f}"
+    if math.isnan(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def diff_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]:
-    """Arm against arm at the same generation, paired by seed (ensembles against ensembles)."""
-    header = ["comparison", "gen", "n", "Δ top1 (points)", "p (paired t)"]
+    """Arm against arm at the same generation, paired by seed (ensembles against ensembles): top-1 and NLL."""
+    header = ["comparison", "gen", "n", "Δ top1 (points)", "p (paired t)", "Δ NLL", "p (NLL)"]
     body = []
     for arm_a, arm_b, kind in COMPARISONS:
         label = f"{arm_a} − {arm_b}" + (" (ensemble)" if kind == "ensemble" else "")
+        nll = {d["generation"]: d for d in paired_differences(rows, arm_a, arm_b, split=split, kind=kind, metric="nll")}
         for d in paired_differences(rows, arm_a, arm_b, split=split, kind=kind):
-            body.append([label, str(d["generation"]), str(d["n"]), f"{_signed(float(d['mean']))} ± {float(d['std']):.2f}",
-                         _p_text(float(d["p"]))])
+            line = [label, str(d["generation"]), str(d["n"]), f"{_signed(float(d['mean']))} ± {float(d['std']):.2f}",
+                    _p_text(float(d["p"]))]
+            e = nll.get(d["generation"])
+            line += ["–", "–"] if e is None else [f"{float(e['mean']):+.3f} ± {float(e['std']):.3f}", _p_text(float(e["p"]))]
+            body.append(line)
     return header, body
 
 
