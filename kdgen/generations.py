@@ -150,7 +150,7 @@ class GenerationsRunner:
         for generation, unit in enumerate(chain):
             hit = cached[generation]
             ready = finished[generation] or hit is not None
-            if ready and bar is not None and hit is not None:
+            if hit is not None and bar is not None:
                 bar.update(self.cfg.train.epochs * self.steps_per_epoch)
             if ready and generation >= last_to_compute:
                 student = None  # nothing later in this chain needs it
@@ -180,17 +180,16 @@ class GenerationsRunner:
                 new_rows, extras = hit.rows, hit.extras  # the same numbers, measured when it was trained
             if not finished[generation]:
                 rows.extend(new_rows)
-                if self.store is not None:
-                    checkpoint = self.store.checkpoint_path(unit.name)
-                    if hit is not None:
-                        self.store.adopt_unit(unit.name, hit.checkpoint, new_rows, extras)
-                    else:
-                        assert student is not None
-                        self.store.finish_unit(unit.name, student, {
-                            "arm": arm, "seed": seed, "generation": generation, "model": self.model_name,
-                            "num_classes": self.data.num_classes, "in_channels": self.data.channels}, new_rows, extras)
-                        if self.unit_cache is not None:
-                            self.unit_cache.put(self.cfg, arm, seed, generation, checkpoint, new_rows, extras)
+                if self.store is not None and hit is not None:
+                    self.store.adopt_unit(unit.name, hit.checkpoint, new_rows, extras)
+                elif self.store is not None:
+                    assert student is not None
+                    self.store.finish_unit(unit.name, student, {
+                        "arm": arm, "seed": seed, "generation": generation, "model": self.model_name,
+                        "num_classes": self.data.num_classes, "in_channels": self.data.channels}, new_rows, extras)
+                    if self.unit_cache is not None:
+                        self.unit_cache.put(self.cfg, arm, seed, generation, self.store.checkpoint_path(unit.name),
+                                            new_rows, extras)
             # The trained student becomes the next teacher; the next student is a new object.
             teacher = freeze_teacher(student) if arm != "baseline" and student is not None else None
         return rows

@@ -52,17 +52,25 @@ def paired_differences(rows: Iterable[Row], arm_a: str = "tolerant", arm_b: str 
 
     ``p`` is NaN with fewer than two seeds (or when every difference is identical).
     """
-    values: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
-    for row in rows:
-        if row["split"] == split and row["kind"] == kind and metric in row:
-            values[(str(row["arm"]), int(row["generation"]))][int(row["seed"])] = float(row[metric])  # type: ignore[arg-type]
-    generations = sorted({g for (arm, g) in values if arm == arm_a} & {g for (arm, g) in values if arm == arm_b})
+    values = values_by_cell(rows, split, metric)
+    generations = sorted({g for (arm, g, k) in values if arm == arm_a and k == kind}
+                         & {g for (arm, g, k) in values if arm == arm_b and k == kind})
     result = []
     for generation in generations:
-        stats_ = paired_stats(values[(arm_a, generation)], values[(arm_b, generation)])
+        stats_ = paired_stats(values[(arm_a, generation, kind)], values[(arm_b, generation, kind)])
         if stats_ is not None:
             result.append({"generation": generation, **stats_})
     return result
+
+
+def values_by_cell(rows: Iterable[Row], split: str, metric: str = "top1") -> dict[tuple[str, int, str], dict[int, float]]:
+    """``{(arm, generation, kind): {seed: value}}`` of ``metric`` on ``split``: what paired tests pair."""
+    values: dict[tuple[str, int, str], dict[int, float]] = defaultdict(dict)
+    for row in rows:
+        if row["split"] == split and metric in row:
+            cell = (str(row["arm"]), int(row["generation"]), str(row["kind"]))  # type: ignore[arg-type]
+            values[cell][int(row["seed"])] = float(row[metric])  # type: ignore[arg-type]
+    return values
 
 
 def paired_stats(a: dict[int, float], b: dict[int, float]) -> dict[str, float] | None:
@@ -99,7 +107,8 @@ def best_unit(rows: Iterable[Row]) -> dict[str, object] | None:
             "checkpoint": f"checkpoints/{arm}-seed{chosen['seed']}-gen{generation}.safetensors"}
 
 
-def _fmt(entry: dict[str, object] | None, metric: str, digits: int = 2) -> str:
+def format_cell(entry: dict[str, object] | None, metric: str, digits: int = 2) -> str:
+    """``mean ± std`` of ``metric`` in a :func:`summarize` entry, or "–" when it has none."""
     if entry is None or f"{metric}_mean" not in entry:
         return "–"
     mean, std = float(entry[f"{metric}_mean"]), float(entry[f"{metric}_std"])  # type: ignore[arg-type]
@@ -117,12 +126,12 @@ def summary_table(summary: list[dict[str, object]], split: str) -> tuple[list[st
     body = []
     for arm, gen in keys:
         single, ensemble = index.get(("single", arm, gen)), index.get(("ensemble", arm, gen))
-        line = [str(arm), str(gen), str(single["n"] if single else 0), _fmt(single, "top1"), _fmt(ensemble, "top1")]
+        line = [str(arm), str(gen), str(single["n"] if single else 0), format_cell(single, "top1"), format_cell(ensemble, "top1")]
         if has_top5:
-            line.append(_fmt(single, "top5"))
-        line += [_fmt(single, "nll", 3), _fmt(single, "ece", 3), _fmt(ensemble, "nll", 3)]
+            line.append(format_cell(single, "top5"))
+        line += [format_cell(single, "nll", 3), format_cell(single, "ece", 3), format_cell(ensemble, "nll", 3)]
         if has_conf:
-            line.append(_fmt(single, "conf", 3))
+            line.append(format_cell(single, "conf", 3))
         body.append(line)
     return header, body
 
@@ -162,10 +171,7 @@ def diff_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]
 def gains_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]:
     """Does a generation pay? Each student (and ensemble) of an arm against the same arm's patriarch, paired by seed."""
     header = ["arm", "gen", "n", "Δ top1 single − patriarch", "p", "Δ top1 ensemble − patriarch", "p "]
-    values: dict[tuple[str, int, str], dict[int, float]] = defaultdict(dict)
-    for row in rows:
-        if row["split"] == split:
-            values[(str(row["arm"]), int(row["generation"]), str(row["kind"]))][int(row["seed"])] = float(row["top1"])
+    values = values_by_cell(rows, split)
     body = []
     for arm, generation in sorted({(a, g) for (a, g, _) in values if g >= 1}, key=lambda k: (_key_order(k[0]), k[1])):
         patriarch = values.get((arm, 0, "single"), {})
@@ -194,8 +200,8 @@ def secondary_table(summary: list[dict[str, object]], split: str) -> tuple[list[
     body = []
     for arm, gen in keys:
         train, here = index.get(("train", arm, gen)), index[(split, arm, gen)]
-        body.append([str(arm), str(gen), _fmt(train, "top1"), _fmt(train, "nll", 3)] +
-                    [_fmt(here, m, d) for m, _, d in shown])
+        body.append([str(arm), str(gen), format_cell(train, "top1"), format_cell(train, "nll", 3)] +
+                    [format_cell(here, m, d) for m, _, d in shown])
     return header, body
 
 
@@ -310,8 +316,8 @@ def _inline(text: str) -> str:
 
 
 def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],
-               plots: list[Path], sections: list[tuple[str, str]] | None = None) -> None:
-    """A self-contained page: intro paragraphs, tables, extra ``(heading, html)`` sections, plots."""
+               plots: list[Path]) -> None:
+    """A self-contained page: intro paragraphs, tables, plots."""
     def table_html(header: list[str], body: list[list[str]]) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         lines = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in body)
@@ -325,7 +331,6 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
              f"</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{_inline(line)}</p>" for line in intro]
     parts += [f"<h2>{html.escape(name)}</h2>" + table_html(header, body) for name, header, body in tables]
-    parts += [f"<h2>{html.escape(heading)}</h2>{body_html}" for heading, body_html in sections or []]
     parts += ["<h2>Plots</h2>"] + [f"<img src='plots/{p.name}' alt='{p.stem}'>" for p in plots]
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -74,11 +74,7 @@ class RunStore:
     def finish_unit(self, unit_name: str, model: nn.Module, metadata: dict[str, Any], rows: list[Row],
                     extras: dict[str, Any] | None = None) -> None:
         save_model(model, self.checkpoint_path(unit_name), metadata)
-        self.rows.extend(rows)
-        if extras:
-            self.extras[unit_name] = extras
-        self.done.append(unit_name)
-        self.write_results(complete=False)
+        self._mark_done(unit_name, rows, extras)
         self.state_path.unlink(missing_ok=True)
 
     def adopt_unit(self, unit_name: str, checkpoint: Path, rows: list[Row], extras: dict[str, Any]) -> None:
@@ -87,6 +83,10 @@ class RunStore:
 
         self.checkpoint_path(unit_name).parent.mkdir(parents=True, exist_ok=True)
         link(checkpoint, self.checkpoint_path(unit_name))
+        self._mark_done(unit_name, rows, extras)
+
+    def _mark_done(self, unit_name: str, rows: list[Row], extras: dict[str, Any] | None) -> None:
+        """Record a unit whose checkpoint is on disk: its rows and extras, then results.json (which marks it done)."""
         self.rows.extend(rows)
         if extras:
             self.extras[unit_name] = extras

@@ -136,6 +136,12 @@ class SweepPlan:
                 "grid": [[axis.key, list(axis.values)] for axis in self.axes], "select": self.select,
                 "reference": self.reference, "points": [{"name": p.name, "settings": p.settings} for p in self.points()]}
 
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> "SweepPlan":
+        """The plan :meth:`to_json` wrote (``DIR/sweep.json``)."""
+        return cls(saved["base"], saved["config_file"], saved["overrides"],
+                   [GridAxis(key, tuple(values)) for key, values in saved["grid"]], saved["select"], saved["reference"])
+
     def test_command(self, point: Point) -> str:
         """The ``kdgen run`` command that evaluates ``point`` (its test rows are the ones to read)."""
         parts = ["kdgen", "run"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
-from kdgen.report import ARM_ORDER, markdown_table, paired_stats, summarize, write_html
+from kdgen.report import ARM_ORDER, format_cell, markdown_table, paired_stats, summarize, values_by_cell, write_html
 from kdgen.store import Row
 
 SPLIT = "val"  # a sweep chooses; it never reads the test split
@@ -39,42 +39,36 @@ def _point_rows(out: Path, name: str) -> tuple[list[Row], bool]:
     return payload.get("rows", []), bool(payload.get("complete"))
 
 
-def _by_seed(rows: list[Row], arm: str, generation: int, kind: str, metric: str = "top1") -> dict[int, float]:
-    return {int(r["seed"]): float(r[metric]) for r in rows
-            if r["arm"] == arm and r["generation"] == generation and r["kind"] == kind and metric in r}
-
-
 def sweep_summary(out: Path) -> dict[str, Any]:
     """The sweep's results as data (also written to ``sweep_summary.json``)."""
-    from kdgen.sweep import SweepPlan, GridAxis, parse_select
-    from kdgen.config import build_config, apply_overrides
+    from kdgen.config import build_config
+    from kdgen.sweep import SweepPlan, parse_select
 
     plan_json = _load_plan(out)
-    plan = SweepPlan(plan_json["base"], plan_json["config_file"], plan_json["overrides"],
-                     [GridAxis(k, tuple(v)) for k, v in plan_json["grid"]], plan_json["select"], plan_json["reference"])
-    cfg = build_config(apply_overrides(plan.base, []), "sweep base")
+    plan = SweepPlan.from_json(plan_json)
+    cfg = build_config(plan.base, "sweep base")
     arm, generation, kind = parse_select(plan.select, cfg)
+    cell = (arm, generation, kind)
     points = plan.points()
     all_rows = {p.name: _point_rows(out, p.name) for p in points}
     reference = points[plan.reference]
-    ref_values = _by_seed([r for r in all_rows[reference.name][0] if r["split"] == SPLIT], arm, generation, kind)
+    ref_values = values_by_cell(all_rows[reference.name][0], SPLIT).get(cell, {})
     entries = []
     for point in points:
         all_splits, complete = all_rows[point.name]
-        rows = [r for r in all_splits if r["split"] == SPLIT]
-        score = _by_seed(rows, arm, generation, kind)
+        top1 = values_by_cell(all_splits, SPLIT)
+        score = top1.get(cell, {})
         # The patriarch's top-1 on its own training sample: did it converge?
-        train_rows = [r for r in all_splits if r["split"] == "train"]
+        train_top1 = values_by_cell(all_splits, "train").get((arm, 0, "single"), {})
         entry: dict[str, Any] = {"name": point.name, "settings": point.settings, "complete": complete,
-                                 "cells": summarize(rows), "score_n": len(score),
-                                 "patriarch_train_top1": _mean(_by_seed(train_rows, arm, 0, "single"))}
+                                 "cells": summarize(r for r in all_splits if r["split"] == SPLIT), "score_n": len(score),
+                                 "patriarch_train_top1": _mean(train_top1)}
         if score:
-            values = list(score.values())
-            entry["score_mean"] = sum(values) / len(values)
-            entry["score_nll"] = _mean(_by_seed(rows, arm, generation, kind, "nll"))
+            entry["score_mean"] = _mean(score)
+            entry["score_nll"] = _mean(values_by_cell(all_splits, SPLIT, "nll").get(cell, {}))
             entry["vs_reference"] = paired_stats(score, ref_values) if point is not reference else None
             if "strict" in cfg.generations.arms and arm != "strict":
-                entry["vs_strict"] = paired_stats(score, _by_seed(rows, "strict", generation, kind))
+                entry["vs_strict"] = paired_stats(score, top1.get(("strict", generation, kind), {}))
         entries.append(entry)
     scored = [e for e in entries if e["complete"] and "score_mean" in e]
     best = max(scored, key=lambda e: (e["score_mean"], -e["score_nll"])) if scored else None
@@ -92,12 +86,6 @@ def _mean(values: dict[int, float]) -> float:
 def _cell(entry: dict[str, Any], arm: str, generation: int, kind: str = "single") -> dict[str, Any] | None:
     return next((c for c in entry["cells"] if c["arm"] == arm and c["generation"] == generation
                  and c["kind"] == kind), None)
-
-
-def _fmt(cell: dict[str, Any] | None, metric: str, digits: int = 2) -> str:
-    if cell is None or f"{metric}_mean" not in cell:
-        return "–"
-    return f"{cell[f'{metric}_mean']:.{digits}f} ± {cell[f'{metric}_std']:.{digits}f}"
 
 
 def _diff(d: dict[str, Any] | None) -> str:
@@ -135,9 +123,9 @@ def build_sweep_report(out: Path) -> Path:
     for e in summary["points"]:
         state = "" if e["complete"] else " (running)" if (out / "runs" / e["name"]).is_dir() else " (not run yet)"
         line = [e["name"] + state] + [str(e["settings"][k]) for k in keys]
-        line += [_fmt(_cell(e, arm, g), "top1") for g in gens]
+        line += [format_cell(_cell(e, arm, g), "top1") for g in gens]
         train = e["patriarch_train_top1"]
-        line += [_fmt(_cell(e, arm, 0), "conf", 3), "–" if math.isnan(train) else f"{train:.2f}",
+        line += [format_cell(_cell(e, arm, 0), "conf", 3), "–" if math.isnan(train) else f"{train:.2f}",
                  _diff(e.get("vs_reference")), _diff(e.get("vs_strict"))]
         body.append(line)
     long_header = ["point", "arm", "gen", "kind", "n"] + list(SHOWN)
@@ -145,7 +133,7 @@ def build_sweep_report(out: Path) -> Path:
     for e in summary["points"]:
         for c in sorted(e["cells"], key=lambda c: (ARM_ORDER.get(c["arm"], 99), c["arm"], c["generation"], c["kind"] != "single")):
             long_body.append([e["name"], c["arm"], str(c["generation"]), c["kind"], str(c["n"])] +
-                             [_fmt(c, m, 2 if m in ("top1", "semantic") else 3) for m in SHOWN])
+                             [format_cell(c, m, 2 if m in ("top1", "semantic") else 3) for m in SHOWN])
     plots = [sweep_plot(summary, key, out / "plots" / f"sweep_{key.replace('.', '_')}.png") for key in keys]
     plots = [p for p in plots if p is not None]
     tables = [("Grid points (val split)", header, body), ("Every arm and generation (val split)", long_header, long_body)]
