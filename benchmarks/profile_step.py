@@ -16,7 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from kdgen.data import load_bundle
-from kdgen.device import resolve_device, resolve_precision
+from kdgen.runtime import resolve_device, resolve_precision
 from kdgen.models import build
 from kdgen.objective import GenerationObjective
 from kdgen.train import freeze_teacher, train_generation

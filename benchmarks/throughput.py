@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdgen.config import build_config
 from kdgen.data import load_bundle
-from kdgen.device import resolve_device, resolve_precision
+from kdgen.runtime import resolve_device, resolve_precision
 from kdgen.generations import GenerationsRunner
 from kdgen.models import build
 from kdgen.objective import GenerationObjective

@@ -20,9 +20,8 @@ from torch import nn
 from kdgen.config import Config
 from kdgen.data.base import AugmentSpec, SourceData, Split, make_bundle, DataBundle
 from kdgen.errors import DataError
-from kdgen.generations import GenerationsRunner, Row
-from kdgen.report import build_report, console_summary
-from kdgen.store import RunStore
+from kdgen.report import console_summary
+from kdgen.run_folder import Row
 
 
 def bundle_from_tensors(train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
@@ -47,26 +46,20 @@ def bundle_from_tensors(train_images: torch.Tensor, train_labels: torch.Tensor, 
 
 
 def train_generations(model_factory: Callable[[], nn.Module], data: DataBundle, cfg: Config | None = None, *,
-                      out_dir: str | Path | None = None) -> list[Row]:
+                      out_dir: str | Path | None = None, resume: bool = False, echo: bool = False) -> list[Row]:
     """Train every arm, seed and generation of ``cfg`` with models from ``model_factory``.
 
-    ``model_factory`` must return a *new* model each call (it is seeded per generation before the
-    call). ``cfg.data`` and ``cfg.model`` are ignored: the data and the model are yours. With
-    ``out_dir``, checkpoints, results.json and the report are written there. Returns the tidy rows
-    of results.json.
+    The same pipeline as ``kdgen run`` (same checks, config.yaml, run folder, report), with your
+    data and model: ``model_factory`` must return a *new* model each call (it is seeded per
+    generation before the call); ``cfg.data`` and ``cfg.model`` are not used. With ``out_dir``,
+    config.yaml, checkpoints, results.json and the report are written there, and ``resume=True``
+    continues an interrupted call (same data, factory and config). Returns the tidy rows of results.json.
     """
-    cfg = cfg or Config()
-    store = None
-    if out_dir is not None:
-        from kdgen.runner import check_new_out_dir, make_out_dir
+    from kdgen.runner import ORIGIN_API, run_pipeline
 
-        check_new_out_dir(Path(out_dir))
-        make_out_dir(Path(out_dir))
-        store = RunStore(Path(out_dir))
-    rows = GenerationsRunner(cfg, data, model_factory, store=store).run()
-    if store is not None:
-        store.write_results(complete=True)
-        build_report(store.out_dir, rows)
+    out = Path(out_dir) if out_dir is not None else None
+    _, rows = run_pipeline(cfg or Config(), data, model_factory, out, model_name="custom", data_name="your data",
+                           origin=ORIGIN_API, resume=resume, echo=echo)
     return rows
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 from kdgen import __version__
 from kdgen.errors import UserError
+
+if TYPE_CHECKING:
+    from kdgen.train import StopFlag
 
 EPILOG = """examples:
   kdgen run                                   # embedded default: digits, 3 arms, 3 seeds, 3 generations
@@ -99,20 +102,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.out is not None and args.config is None:
         # Resuming without --config continues the saved config (plus any overrides, which must agree).
         from kdgen.config import apply_overrides, build_config
-        from kdgen.runner import saved_config
+        from kdgen.run_folder import saved_config
 
         cfg = build_config(apply_overrides(saved_config(args.out).to_dict(), overrides), "overrides")
     else:
         cfg = load_config(args.config, overrides)
     out = args.out
-    restore_handlers = _stop_on_signals()
+    stop, restore_handlers = _stop_on_signals()
     try:
         cache = None
         if args.units is not None:
             from kdgen.unit_cache import UnitCache
 
             cache = UnitCache(args.units)
-        run_experiment(cfg, out, resume=args.resume, unit_cache=cache)
+        run_experiment(cfg, out, resume=args.resume, unit_cache=cache, stop=stop)
     except KeyboardInterrupt:
         where = f" --out {out}" if out is not None else ""
         print(f"kdgen: interrupted; the training state is saved: continue with kdgen run --resume{where}",
@@ -123,27 +126,28 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_signals() -> Callable[[], None]:
+def _stop_on_signals() -> tuple["StopFlag", Callable[[], None]]:
     """SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler's pre-emption) stop training at the next step
-    boundary, after saving the exact state there; a second Ctrl-C stops at once. Returns a function
-    that puts the previous handlers back."""
+    boundary, after saving the exact state there; a second Ctrl-C stops at once. Returns the flag the
+    handlers set, and a function that puts the previous handlers back."""
     import signal
 
-    from kdgen.train import StopRequest
+    from kdgen.train import StopFlag
+
+    stop = StopFlag()
 
     def handler(signum: int, frame: object) -> None:
-        if StopRequest.requested and signum == signal.SIGINT:
+        if stop.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        StopRequest.requested = True
+        stop.set()
 
-    StopRequest.requested = False
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def restore() -> None:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
-    return restore
+    return stop, restore
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -151,9 +155,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
     plan = make_plan(args.config, args.grid, overrides, args.select, args.reference)
-    restore_handlers = _stop_on_signals()
+    stop, restore_handlers = _stop_on_signals()
     try:
-        run_sweep(plan, args.out, resume=args.resume, units=args.units)
+        run_sweep(plan, args.out, resume=args.resume, units=args.units, stop=stop)
     except KeyboardInterrupt:
         print(f"kdgen: interrupted; continue with the same command plus --resume", file=sys.stderr)
         return 130

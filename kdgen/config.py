@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from kdgen import arms as arm_registry
 from kdgen.errors import ConfigError
+from kdgen.tolerance import DEFAULT_TSD_K, METHODS, ToleranceMethod  # noqa: F401  (DEFAULT_TSD_K re-exported)
 
-ARMS = ("baseline", "strict", "tolerant")
-DEFAULT_TSD_K = 3  # the best K on converged Fashion-MNIST val (docs/study/tolerance-curve.md)
-Arm = Literal["baseline", "strict", "tolerant"]
+DEFAULT_ARMS = ("baseline", "strict", "tolerant")
+# Keys that moved to the runtime section: how a run executes, not what it computes.
+MOVED_TO_RUNTIME = {"train": ("device", "precision", "compile", "channels_last"), "data": ("workers",)}
 
 
 class _Strict(BaseModel):
@@ -44,7 +46,6 @@ class DataConfig(_Strict):
     # Decode image folders on the fly (DataLoader workers) instead of keeping them resident;
     # None decides by size (see kdgen.data.imagefolder).
     stream: bool | None = None
-    workers: int = Field(4, ge=0, le=64)
     # synthetic data only
     num_train: int = Field(512, ge=2)
     num_test: int = Field(128, ge=1)
@@ -96,16 +97,6 @@ class TrainConfig(_Strict):
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     warmup_epochs: float = Field(0.0, ge=0.0)
-    # auto: bf16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16 or
-    # AMX), else fp32. Measured on the digits default: 2x faster, accuracy within seed noise (README).
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # NHWC activations: oneDNN and cuDNN convolutions are faster in this layout (1.5x measured on
-    # the 2-core CPU for the small CNN, more with bf16).
-    channels_last: bool = True
-    # torch.compile for the student and the (BatchNorm-folded) teacher. Off by default: on the 2-core
-    # CPU it pays only for runs long enough to amortise the first compile (docs/performance.md).
-    compile: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(1024, ge=1)
 
     @field_validator("milestones")
@@ -118,47 +109,46 @@ class TrainConfig(_Strict):
 
 class GenerationsConfig(_Strict):
     count: int = Field(2, ge=0, le=100)
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
+    # Registered arms (kdgen.arms): baseline, strict, tolerant, snapshot, ...
+    arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
 
     @field_validator("arms")
     @classmethod
-    def _unique_arms(cls, value: list[str]) -> list[str]:
+    def _known_unique_arms(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one arm is needed")
         if len(set(value)) != len(value):
             raise ValueError("arms must not repeat")
+        for name in value:
+            if name not in arm_registry.names():
+                close = difflib.get_close_matches(name, arm_registry.names(), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown arm {name!r}{hint}; choose from {', '.join(arm_registry.names())}")
         return value
 
 
-class ToleranceConfig(_Strict):
-    """How the tolerant arm's teacher is made tolerant. ``eta`` is the term's strength for every method:
-    TSD weight, label-smoothing epsilon, or confidence-penalty weight."""
+# ``tolerance:`` is one of the registered methods (kdgen.tolerance), told apart by ``method``.
+ToleranceConfig = Annotated[Union[tuple(METHODS.values())], Field(discriminator="method")]
 
-    method: Literal["tsd", "label-smoothing", "confidence-penalty", "none"] = "tsd"
-    # The best point on the val split of converged Fashion-MNIST (kdgen sweep; docs/study/tolerance-curve.md).
-    # Not significantly better than its neighbours or than no term at all: see README.
-    eta: float = Field(0.3, ge=0.0)
-    # "auto": DEFAULT_TSD_K, or the class count where there are fewer classes; resolved against the
-    # data when a run starts, and config.yaml records the number. An explicit K above the class
-    # count is an error.
-    k: int | Literal["auto"] = "auto"
-    primary: Literal["top1", "target"] = "target"
-    apply_to: Literal["patriarch", "all"] = "patriarch"
 
-    @field_validator("k", mode="before")
-    @classmethod
-    def _k_at_least_two(cls, value: object) -> object:
-        if value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError("K is an integer of at least 2 (the primary score and one secondary), or auto")
-        return value
+class RuntimeConfig(_Strict):
+    """How a run executes, not what it computes: may differ on ``--resume`` (e.g. moved to a GPU)."""
 
-    @model_validator(mode="after")
-    def _smoothing_range(self) -> "ToleranceConfig":
-        if self.method == "label-smoothing" and self.eta >= 1.0:
-            raise ValueError("with method label-smoothing, eta is the smoothing epsilon and must be < 1")
-        return self
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16
+    # or AMX), else fp32. Measured on the digits default: 2x faster, accuracy within seed noise
+    # (README). An explicit bf16 on a CPU without native bf16 is warned about: it is emulated there.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # NHWC activations: oneDNN and cuDNN convolutions are faster in this layout (1.5x measured on
+    # the 2-core CPU for the small CNN, more with bf16).
+    channels_last: bool = True
+    # torch.compile for the student and the (BatchNorm-folded) teacher. Off by default: on the 2-core
+    # CPU it pays only for runs long enough to amortise the first compile (docs/performance.md).
+    compile: bool = False
+    # DataLoader workers for streamed image folders and streamed evaluation.
+    workers: int = Field(4, ge=0, le=64)
+    # One process for now; torchrun modes (chains, data) are issue 12's work.
+    parallel: Literal["none"] = "none"
 
 
 class DistillConfig(_Strict):
@@ -173,17 +163,37 @@ class LogConfig(_Strict):
     progress: bool = True
 
 
-class Config(_Strict):
-    """The whole experiment. ``kdgen run`` with no config uses these defaults."""
+class _ConfigBase(_Strict):
+    """The whole experiment. ``kdgen run`` with no config uses these defaults.
+
+    Arms with settings of their own (kdgen.arms) add a section each, e.g. ``snapshot``.
+    """
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     generations: GenerationsConfig = GenerationsConfig()
-    tolerance: ToleranceConfig = ToleranceConfig()
+    tolerance: ToleranceConfig = METHODS["tsd"]()
     distill: DistillConfig = DistillConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     log: LogConfig = LogConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spellings_and_default_method(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        for section, keys in MOVED_TO_RUNTIME.items():
+            old = raw.get(section)
+            for key in keys:
+                if isinstance(old, dict) and key in old:
+                    raise ValueError(f"{section}.{key} has moved to runtime.{key} (how a run executes, "
+                                     f"not what it computes)")
+        tolerance = raw.get("tolerance")
+        if isinstance(tolerance, dict) and "method" not in tolerance:
+            raw = {**raw, "tolerance": {**tolerance, "method": "tsd"}}  # the default method
+        return raw
 
     @field_validator("seeds")
     @classmethod
@@ -198,27 +208,38 @@ class Config(_Strict):
         return self.model_dump(mode="json")
 
 
+Config = create_model("Config", __base__=_ConfigBase, __module__=__name__,
+                      **{section: (model, model()) for section, model in arm_registry.settings_sections().items()})
+
+
 def resolve_k(cfg: Config, num_classes: int) -> Config:
-    """``cfg`` with ``tolerance.k: auto`` replaced by ``min(DEFAULT_TSD_K, num_classes)``."""
-    if cfg.tolerance.k != "auto":
-        return cfg
-    k = min(DEFAULT_TSD_K, num_classes)
-    return cfg.model_copy(update={"tolerance": cfg.tolerance.model_copy(update={"k": k})})
+    """``cfg`` with data-dependent tolerance settings (TSD's ``k: auto``) made concrete."""
+    resolved = cfg.tolerance.resolved(num_classes)
+    return cfg if resolved is cfg.tolerance else cfg.model_copy(update={"tolerance": resolved})
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    parts = [str(part) for part in first["loc"]]
+    method = None
+    if parts[:1] == ["tolerance"] and len(parts) > 1 and parts[1] in METHODS:
+        method = parts.pop(1)  # the discriminated union's tag is not a key the user wrote
+    location = ".".join(parts)
     if first["type"] == "extra_forbidden":
         parent_path, _, leaf = location.rpartition(".")
-        known = _known_keys(parent_path)
+        known = list(METHODS[method].model_fields) if method else _known_keys(parent_path)
         close = difflib.get_close_matches(leaf, known, n=1)
         hint = f" (did you mean {'.'.join(filter(None, [parent_path, close[0]]))!r}?)" if close else ""
         return f"{source}: unknown key {location!r}{hint}"
     message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "union_tag_invalid":
+        message = f"unknown method; choose one of {', '.join(METHODS)}"
+        location += ".method"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{source}: {location}: {message}{shown}"
+    if isinstance(value, dict) and first["type"] == "union_tag_invalid":
+        shown = f" (got {value.get('method')!r})"
+    return f"{source}: {location}: {message}{shown}" if location else f"{source}: {message}"
 
 
 def _known_keys(dotted_parent: str) -> list[str]:

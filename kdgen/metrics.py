@@ -8,7 +8,7 @@ from torch import nn
 from kdgen.augment import Normalizer
 from kdgen.batches import eval_batches
 from kdgen.data.base import AnySplit
-from kdgen.device import memory_format, resolve_precision
+from kdgen.runtime import memory_format, resolve_precision
 from kdgen.fast import fold_batchnorm
 
 ECE_BINS = 15

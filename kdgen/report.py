@@ -18,7 +18,7 @@ from scipy import stats
 
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
-from kdgen.store import Row
+from kdgen.run_folder import Row
 
 METRICS = ("top1", "top5", "nll", "ece", "conf", "entropy", "secondary_mass", "semantic", "semantic_mass")
 ARM_ORDER = {"baseline": 0, "strict": 1, "tolerant": 2}

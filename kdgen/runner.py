@@ -1,67 +1,49 @@
-"""``kdgen run`` as a function: config -> data -> generations -> run directory and report."""
+"""The one pipeline: config and data -> checks -> generations -> run folder and report.
+
+``kdgen run`` (:func:`run_experiment`, which loads the data source and builds the model from the
+registry) and the Python API (:func:`kdgen.train_generations`, your data and model) both go through
+:func:`run_pipeline`: the same checks, the same ``config.yaml``, the same resumable run folder and
+the same report.
+"""
 
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import yaml
+from torch import nn
 
-from kdgen.checkpoint import atomic_write, write_json
-from kdgen.config import Config, build_config, read_yaml, resolve_k
-from kdgen.data import load_bundle
+from kdgen import arms
+from kdgen.checkpoint import write_json
+from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
-from kdgen.generations import GenerationsRunner, Row
-from kdgen.models import build
+from kdgen.generations import GenerationsRunner
 from kdgen.report import build_report, console_summary
-from kdgen.store import RunStore
+from kdgen.run_folder import (Row, RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
+                              saved_config, write_config)
+from kdgen.runtime import Runtime
+from kdgen.train import StopFlag
 from kdgen.unit_cache import UnitCache
-from kdgen.device import resolve_device, resolve_precision
 
-# Settings that do not change results: they may differ when resuming.
-COSMETIC_KEYS = ("log.", "train.compile")
+# Settings that do not change what is computed: they may differ when resuming.
+NOT_COMPARED_ON_RESUME = ("log.", "runtime.")
+ORIGIN_CLI, ORIGIN_API = "kdgen run", "kdgen.train_generations"
 
 
-def check_against_data(cfg: Config, data: DataBundle) -> None:
-    """Config checks that need the data: settings that depend on the class count."""
-    if cfg.tolerance.method == "tsd" and "tolerant" in cfg.generations.arms and cfg.tolerance.k != "auto" \
-            and cfg.tolerance.k > data.num_classes:
-        raise ConfigError(f"tolerance.k: {cfg.tolerance.k} is more than the {data.num_classes} classes of "
-                          f"{cfg.data.name}")
+def check_against_data(cfg: Config, data: DataBundle, data_name: str) -> None:
+    """Config checks that need the data (the class count, split sizes), and each arm's own checks."""
+    for name in cfg.generations.arms:
+        arm = arms.make(name, cfg)
+        arm.check()
+        if arm.uses_tolerance:
+            cfg.tolerance.check(data.num_classes, data_name)
     if len(data.train) < 2:
         raise ConfigError(f"data: the training split has {len(data.train)} example(s) after holding out validation data")
     if len(data.val) == 0:
-        raise ConfigError(f"data.val_fraction: the val split of {cfg.data.name} is empty (too few images per class "
+        raise ConfigError(f"data.val_fraction: the val split of {data_name} is empty (too few images per class "
                           f"to hold any out); use more data or a larger data.val_fraction")
-
-
-def new_run_dir(base: Path = Path("runs")) -> Path:
-    """A fresh folder name under ``runs/``: a timestamp, with a suffix if it is taken."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate = base / stamp
-    suffix = 1
-    while candidate.exists():
-        candidate = base / f"{stamp}-{suffix}"
-        suffix += 1
-    return candidate
-
-
-def check_new_out_dir(out: Path) -> None:
-    """An existing file, or a non-empty folder, is refused (kdgen never overwrites a run)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(f"--out {str(out)!r} is not empty; choose a new folder, or add --resume to continue that run")
-
-
-def make_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {str(out)!r}: cannot create folder ({exc.strerror})") from None
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -75,76 +57,91 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: Config, requested: Config) -> list[str]:
-    """Dotted keys whose values differ, ignoring cosmetic settings."""
+    """Dotted keys whose values differ, ignoring the runtime and log sections."""
     a, b = _flatten(saved.to_dict()), _flatten(requested.to_dict())
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(COSMETIC_KEYS))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(NOT_COMPARED_ON_RESUME))
 
 
-def saved_config(out: Path) -> Config:
-    """The config a run folder was started with."""
-    path = out / "config.yaml"
-    if not out.is_dir():
-        raise UserError(f"--resume: {str(out)!r} is not a run folder")
-    if not path.is_file():
-        raise UserError(f"--resume: {str(out)!r} has no config.yaml (not a kdgen run folder)")
-    return build_config(read_yaml(path), str(path))
+def open_out(out: Path | None, resume: bool) -> tuple[bool, Config | None]:
+    """Check ``out`` before anything slow happens; return whether there is a run to resume, and its config."""
+    if resume and out is None:
+        raise UserError("--resume needs --out DIR, the folder of the run to continue")
+    if out is None:
+        return False, None
+    if resume and nothing_to_resume(out):
+        return False, None  # killed before anything was written: start afresh
+    if not resume:
+        check_new_out_dir(out)
+        return False, None
+    return True, saved_config(out)
 
 
-def with_resolved_precision(cfg: Config) -> Config:
-    """``cfg`` with ``train.precision: auto`` replaced by what it means on this machine."""
-    precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
+def run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.Module], out: Path | None, *,
+                 model_name: str, data_name: str, origin: str, resume: bool = False, echo: bool = True,
+                 unit_cache: UnitCache | None = None, stop: StopFlag | None = None) -> tuple[Path | None, list[Row]]:
+    """Run every arm, seed and generation of ``cfg`` on ``data``; with ``out``, write the run folder.
+
+    With ``resume``, ``out`` must be a folder this function wrote before with the same config (the
+    runtime and log sections aside); finished units are loaded, the unit in progress continues from
+    its last saved step, and the final results.json is identical to an uninterrupted run's. With
+    ``unit_cache`` (``kdgen sweep``), units trained by other runs with the same relevant settings
+    are reused (:mod:`kdgen.unit_cache`). Without ``out`` nothing is written.
+    """
+    start = time.perf_counter()
+    resume, saved = open_out(out, resume)
+    check_against_data(cfg, data, data_name)
+    runtime = Runtime.from_config(cfg.runtime)
+    # config.yaml records what actually runs: the precision and K that "auto" means here.
+    cfg = resolve_k(cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"precision": runtime.precision})}),
+                    data.num_classes)
+    folder = None
+    if out is not None:
+        if saved is not None:
+            differing = config_differences(resolve_k(saved, data.num_classes), cfg)
+            if differing:
+                raise UserError(f"--resume: the config differs from the one {str(out)!r} was started with, in: "
+                                f"{', '.join(differing)}")
+        make_out_dir(out)
+        folder = RunFolder(out, resume=resume, origin=origin)
+        if not resume:
+            write_config(out, cfg)
+            folder.write_results(complete=False)
+    if echo:
+        where = f" -> {out}" if out is not None else ""
+        print(f"kdgen: {data_name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
+              f"{data.num_classes} classes), model {model_name} ({runtime.precision}), arms {cfg.generations.arms}, "
+              f"seeds {cfg.seeds}, patriarch + {cfg.generations.count} generations{where}"
+              + (f" (resuming: {len(folder.done)} models done)" if resume and folder is not None else ""), flush=True)
+    rows = GenerationsRunner(cfg, data, model_factory, runtime=runtime, folder=folder, model_name=model_name,
+                             unit_cache=unit_cache, stop=stop).run()
+    wall = time.perf_counter() - start
+    if folder is not None:
+        folder.write_results(complete=True)
+        write_json(folder.timing_path(), {"wall_time_s": wall, "resumed": resume})
+        build_report(folder.out_dir, rows, wall_time_s=wall)
+    if echo:
+        print(console_summary(rows))
+        print(f"\nwall time {wall:.1f} s" + (f"; report: {out / 'report.md'}" if out is not None else ""))
+    return out, rows
 
 
 def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False, echo: bool = True,
-                   unit_cache: UnitCache | None = None) -> tuple[Path, list[Row]]:
-    """Run every arm, seed and generation of ``cfg``; write the run folder; return it and the rows.
+                   unit_cache: UnitCache | None = None, stop: StopFlag | None = None) -> tuple[Path, list[Row]]:
+    """``kdgen run``: the config's data source and registry model through :func:`run_pipeline`.
 
-    With ``resume``, ``out`` must be a folder this function wrote before with the same config
-    (``COSMETIC_KEYS``, settings that do not change results, aside); finished units are loaded,
-    the unit in progress continues from its last epoch, and the final results.json is identical
-    to an uninterrupted run's. With ``unit_cache`` (``kdgen sweep``), units trained by other runs with
-    the same relevant settings are reused (:mod:`kdgen.unit_cache`).
+    ``out`` defaults to a new folder under ``runs/``. Returns the run folder and its rows.
     """
-    start = time.perf_counter()
-    if resume and out is None:
-        raise UserError("--resume needs --out DIR, the folder of the run to continue")
-    if resume and (not out.exists() or (out.is_dir() and not any(out.iterdir()))):
-        resume = False  # killed before anything was written: there is nothing to continue, start afresh
-    saved = saved_config(out) if resume else None
-    if not resume:
-        out = new_run_dir() if out is None else out
-        check_new_out_dir(out)
-    data = load_bundle(cfg.data)
-    check_against_data(cfg, data)
-    # config.yaml records what actually runs: the precision and K that "auto" means here.
-    cfg = resolve_k(with_resolved_precision(cfg), data.num_classes)
-    if saved is not None:
-        differing = config_differences(resolve_k(with_resolved_precision(saved), data.num_classes), cfg)
-        if differing:
-            raise UserError(f"--resume: the config differs from the one {str(out)!r} was started with, in: "
-                            f"{', '.join(differing)}")
-    make_out_dir(out)
-    store = RunStore(out, resume=resume)
-    if not resume:
-        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        store.write_results(complete=False)
-    if echo:
-        print(f"kdgen: {cfg.data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
-              f"{data.num_classes} classes), model {cfg.model.name} ({cfg.train.precision}), arms {cfg.generations.arms}, "
-              f"seeds {cfg.seeds}, patriarch + {cfg.generations.count} generations -> {out}"
-              + (f" (resuming: {len(store.done)} models done)" if resume else ""), flush=True)
+    from kdgen.data import load_bundle
+    from kdgen.models import build
 
-    def factory():
+    open_out(out, resume)  # path mistakes before the (possibly slow) data load
+    out = new_run_dir() if out is None else out
+    data = load_bundle(cfg.data)
+
+    def factory() -> nn.Module:
         return build(cfg.model.name, data.num_classes, data.channels)
 
-    rows = GenerationsRunner(cfg, data, factory, store=store, model_name=cfg.model.name, unit_cache=unit_cache).run()
-    store.write_results(complete=True)
-    wall = time.perf_counter() - start
-    write_json(out / "timing.json", {"wall_time_s": wall, "resumed": resume})
-    build_report(out, rows, wall_time_s=wall)
-    if echo:
-        print(console_summary(rows))
-        print(f"\nwall time {wall:.1f} s; report: {out / 'report.md'}")
-    return out, rows
+    run_dir, rows = run_pipeline(cfg, data, factory, out, model_name=cfg.model.name, data_name=cfg.data.name,
+                                 origin=ORIGIN_CLI, resume=resume, echo=echo, unit_cache=unit_cache, stop=stop)
+    assert run_dir is not None
+    return run_dir, rows

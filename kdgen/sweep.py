@@ -14,15 +14,19 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from kdgen.checkpoint import read_json, write_json
 from kdgen.config import Config, apply_overrides, build_config, read_yaml
 from kdgen.errors import ConfigError, UserError
-from kdgen.runner import check_new_out_dir, make_out_dir, run_experiment
+from kdgen.run_folder import check_new_out_dir, make_out_dir
+from kdgen.runner import run_experiment
 from kdgen.unit_cache import UnitCache
+
+if TYPE_CHECKING:
+    from kdgen.train import StopFlag
 
 # Keys a grid may not vary: they say which runs exist, not how a unit is trained.
 NOT_SWEEPABLE = ("seeds", "generations.arms", "log.")
@@ -191,7 +195,8 @@ def parse_select(select: str, cfg: Config) -> tuple[str, int, str]:
     return arm, generation, kind
 
 
-def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = True, units: Path | None = None) -> Path:
+def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = True, units: Path | None = None,
+              stop: "StopFlag | None" = None) -> Path:
     """Run every grid point of ``plan`` under ``out`` (sharing units), then write the summary.
 
     ``units`` is the unit cache folder (default ``out/units``); sweeps that name the same folder
@@ -219,7 +224,8 @@ def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = 
             continue  # finished before an interruption
         if echo:
             print(f"kdgen sweep: point {index + 1}/{len(points)}: {' '.join(point.overrides())}", flush=True)
-        run_experiment(plan.config_for(point), run_dir, resume=run_dir.exists(), echo=False, unit_cache=cache)
+        run_experiment(plan.config_for(point), run_dir, resume=run_dir.exists(), echo=False, unit_cache=cache,
+                       stop=stop)
         build_sweep_report(out)
     path = build_sweep_report(out)
     if echo:

@@ -15,7 +15,7 @@ from typing import Any
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
 from kdgen.report import ARM_ORDER, format_cell, markdown_table, paired_stats, summarize, values_by_cell, write_html
-from kdgen.store import Row
+from kdgen.run_folder import Row
 
 SPLIT = "val"  # a sweep chooses; it never reads the test split
 SHOWN = ("top1", "nll", "conf", "entropy", "secondary_mass", "semantic")

@@ -18,22 +18,26 @@ from kdgen.augment import Normalizer
 from kdgen.batches import TrainBatches
 from kdgen.config import TrainConfig
 from kdgen.data.base import DataBundle
-from kdgen.device import memory_format as layout
-from kdgen.device import resolve_device, resolve_precision  # noqa: F401  (re-exported for callers)
 from kdgen.errors import UserError
 from kdgen.fast import check_compile_supported, fold_batchnorm, maybe_compile
 from kdgen.objective import GenerationObjective
 from kdgen.resume import EpochState, capture, restore
+from kdgen.runtime import Runtime
 
 
-class StopRequest:
-    """A flag a signal handler sets; the training loop stops at the next step boundary and saves its state.
+class StopFlag:
+    """Set (from a signal handler, or another thread) to stop training at the next step boundary.
 
-    Stopping between steps (not wherever the signal lands) keeps the saved state consistent: the
+    Stopping between steps, not wherever the signal lands, keeps the saved state consistent: the
     optimizer step, the schedule step and the loss bookkeeping of the last step all happened.
+    The command line owns one per run; nothing about it is global.
     """
 
-    requested = False
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -49,6 +53,23 @@ class EpochLog:
     epoch: int
     lr: float
     losses: dict[str, float]
+
+
+@dataclass
+class TrainHooks:
+    """What the caller wants to hear from the training loop, and how it may stop it.
+
+    ``where`` names the unit in messages. ``on_step`` runs after every optimizer step (a progress
+    bar; it must not read tensors, which would sync the device). ``on_epoch`` gets each epoch's log.
+    ``on_state`` receives the full training state after every epoch, and at a requested stop (the
+    caller saves it: exact resume). ``stop`` is checked before every step; a stop needs ``on_state``.
+    """
+
+    where: str = ""
+    on_step: Callable[[], None] | None = None
+    on_epoch: Callable[["EpochLog"], None] | None = None
+    on_state: Callable[[EpochState], None] | None = None
+    stop: StopFlag | None = None
 
 
 @dataclass
@@ -97,55 +118,46 @@ def train_generation(
     data: DataBundle,
     recipe: TrainConfig,
     objective: GenerationObjective,
+    runtime: Runtime = Runtime(),
+    hooks: TrainHooks = TrainHooks(),
     *,
     seed: int,
     teacher: nn.Module | None = None,
-    device: torch.device | None = None,
-    on_epoch: Callable[[EpochLog], None] | None = None,
-    on_step: Callable[[], None] | None = None,
-    where: str = "",
-    workers: int = 0,
     resume_from: EpochState | None = None,
-    on_state: Callable[[EpochState], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``recipe.epochs`` epochs on ``data.train``.
 
+    Everything stateful is created here, afresh: optimizer, LR schedule and the batch generator.
     ``teacher`` (if given) must be a different object, frozen with :func:`freeze_teacher`; it is
     run under inference mode on the same augmented batch the student sees, as a copy with its
     BatchNorm folded into the convolutions (:func:`kdgen.fast.fold_batchnorm`). ``seed`` drives the
     batch order and augmentation through a private generator (model initialisation is the
-    caller's business). ``where`` names the unit in error messages.
-
-    ``on_step`` is called after every optimizer step (a progress bar; it must not read tensors,
-    which would sync the device). Exact resume: ``on_state`` receives the full training state
-    after every epoch (the caller saves it), and ``resume_from`` continues from such a state as
-    if training had never stopped.
+    caller's business). ``resume_from`` continues from a state ``hooks.on_state`` received, as if
+    training had never stopped.
     """
     if teacher is model:
         raise ValueError("teacher and student must be different objects")
     if teacher is not None and (teacher.training or any(p.requires_grad for p in teacher.parameters())):
         raise ValueError("teacher must be frozen (eval mode, no gradients): call freeze_teacher first")
-    device = device or torch.device("cpu")
-    memory_format = layout(recipe.channels_last)
+    device, memory_format, where = runtime.device, runtime.memory_format, hooks.where
     model.to(device, memory_format=memory_format).train()
     if device.type == "cuda":
         # Shapes are fixed within a run (full batches only), so cuDNN's one-off search for the fastest
         # convolution algorithms pays back many times.
         torch.backends.cudnn.benchmark = True
-    if recipe.compile:
+    if runtime.compile:
         check_compile_supported(device)
-    student = maybe_compile(model, recipe.compile)
+    student = maybe_compile(model, runtime.compile)
     teach = None
     if teacher is not None:
-        teach = maybe_compile(fold_batchnorm(teacher).to(device, memory_format=memory_format), recipe.compile)
+        teach = maybe_compile(fold_batchnorm(teacher).to(device, memory_format=memory_format), runtime.compile)
     normalize = Normalizer(data.mean, data.std, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    batches = TrainBatches(data.train, data.augment, recipe.batch_size, device, generator, workers)
+    batches = TrainBatches(data.train, data.augment, recipe.batch_size, device, generator, runtime.workers)
     steps = len(batches)
     optimizer = make_optimizer(model, recipe)
     schedule = make_schedule(optimizer, recipe, steps)
-    precision = resolve_precision(recipe.precision, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = runtime.autocast()
     result = TrainResult()
     start_epoch, skip_steps = 0, 0
     if resume_from is not None:
@@ -165,8 +177,8 @@ def train_generation(
         for step, (images, targets) in enumerate(batches):
             if step < skip_steps:
                 continue  # drawn (same RNG use as before the stop) but already trained on
-            if StopRequest.requested and on_state is not None:
-                on_state(capture(where, epoch, model, optimizer, schedule, epoch_generator_state, result.history,
+            if hooks.stop is not None and hooks.stop.requested and hooks.on_state is not None:
+                hooks.on_state(capture(where, epoch, model, optimizer, schedule, epoch_generator_state, result.history,
                                  step=step, loss_sums=sums, first_bad_step=int(first_bad_step)))
                 raise TrainingInterrupted(f"{where}: stopped in epoch {epoch + 1} after step {step}")
             inputs = normalize(images).contiguous(memory_format=memory_format)
@@ -187,8 +199,8 @@ def train_generation(
                 sums[name] = sums.get(name, 0.0) + value.detach()
             bad_now = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
             first_bad_step = torch.where(bad_now, torch.full_like(first_bad_step, step + 1), first_bad_step)
-            if on_step is not None:
-                on_step()
+            if hooks.on_step is not None:
+                hooks.on_step()
         skip_steps = 0
         mean_losses = {name: float(total) / steps for name, total in sums.items()}
         result.steps += steps
@@ -197,9 +209,9 @@ def train_generation(
                                    f"{int(first_bad_step)} of {steps}; the last good epoch is kept, lower train.lr")
         log = EpochLog(epoch=epoch + 1, lr=lr, losses=mean_losses)
         result.history.append(log)
-        if on_state is not None:
-            on_state(capture(where, epoch + 1, model, optimizer, schedule, generator.get_state(), result.history))
-        if on_epoch is not None:
-            on_epoch(log)
+        if hooks.on_state is not None:
+            hooks.on_state(capture(where, epoch + 1, model, optimizer, schedule, generator.get_state(), result.history))
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(log)
     model.eval()
     return result

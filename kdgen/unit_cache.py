@@ -2,12 +2,12 @@
 
 A unit (arm, seed, generation) depends on only part of the config:
 
-- every unit: ``data``, ``model``, ``train`` (all but ``train.compile``, which does not change
-  results) and its seed, arm and generation;
-- the tolerant arm: ``tolerance`` as well (its patriarch is trained with it, and every later
-  generation learns from that patriarch's line); ``tolerance.apply_to`` only from generation 1;
-  with ``eta`` 0 or ``method: none`` there is no term, and no tolerance setting matters;
-- every student (generation >= 1, not baseline): ``distill`` as well.
+- every unit: ``data``, ``model``, ``train``, the runtime settings that change the arithmetic
+  (device, precision, channels_last; not compile, workers or parallel), and its seed, arm and generation;
+- what its arm says it depends on (:meth:`kdgen.arms.Arm.unit_settings`): a student (generation
+  >= 1) also on ``distill``; the tolerant arm also on ``tolerance`` (its patriarch is trained with
+  it, and every later generation learns from that patriarch's line), but ``tolerance.apply_to``
+  only from generation 1, and nothing of it when the term is inactive (strength 0, or ``none``).
 
 So a baseline unit does not depend on ``tolerance.*`` or ``distill.*``, a strict unit not on
 ``tolerance.*``, and a tolerant patriarch not on ``distill.*``. Generation g's key covers its whole
@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdgen import arms
 from kdgen.checkpoint import read_json, write_json
 from kdgen.config import Config
-from kdgen.store import Row
+from kdgen.run_folder import Row
 
-# Settings that never change a unit's result.
-COSMETIC = {"train": {"compile"}, "data": {"workers"}}
+# Runtime settings that never change a unit's result.
+COSMETIC_RUNTIME = {"compile", "workers", "parallel"}
 
 
 def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str, Any]:
@@ -42,16 +43,9 @@ def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str
     full = cfg.to_dict()
     settings: dict[str, Any] = {"arm": arm, "seed": seed, "generation": generation}
     for section in ("data", "model", "train"):
-        settings[section] = {k: v for k, v in full[section].items() if k not in COSMETIC.get(section, set())}
-    if arm == "tolerant":
-        tolerance = dict(full["tolerance"])
-        if tolerance["method"] == "none" or tolerance["eta"] == 0:
-            tolerance = {"method": "none"}  # no term at all: K, primary and apply_to change nothing
-        elif generation == 0:
-            tolerance.pop("apply_to")  # only decides whether students get the term too
-        settings["tolerance"] = tolerance
-    if arm != "baseline" and generation >= 1:
-        settings["distill"] = full["distill"]
+        settings[section] = full[section]
+    settings["runtime"] = {k: v for k, v in full["runtime"].items() if k not in COSMETIC_RUNTIME}
+    settings.update(arms.make(arm, cfg).unit_settings(generation))
     return settings
 
 

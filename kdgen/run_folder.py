@@ -1,12 +1,15 @@
-"""The run folder: checkpoints, per-epoch training state, and results, kept resumable.
+"""The run folder: everything kdgen knows about its layout, and the reads and writes that keep it resumable.
 
 Layout of ``DIR``::
 
-    config.yaml                      the resolved config (written once, by the command line)
+    config.yaml                      the resolved config (written once, when the run starts)
     results.json                     {"rows": [...], "done": [unit names], "complete": bool,
                                       "extras": {unit name: {"soft_confusion": {split: C x C}}}}
-    checkpoints/<unit>.safetensors   weights of every finished unit
+    checkpoints/<unit>.safetensors   weights of every finished unit (<arm>-seed<S>-gen<G>)
     state/current.safetensors        training state of the unit in progress, after its last epoch
+    timing.json                      wall time of the run
+    report.md, report.html, plots/   the report (kdgen report rebuilds them)
+    tensorboard/                     with log.tensorboard
 
 Order of writes when a unit finishes: its checkpoint, then results.json (which marks it done),
 then the in-progress state is removed. A kill between any two steps is harmless on resume.
@@ -14,23 +17,91 @@ then the in-progress state is removed. A kill between any two steps is harmless 
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from torch import nn
 
-from kdgen.checkpoint import load_model, read_json, save_model, write_json
-from kdgen.errors import CheckpointError
+from kdgen.checkpoint import atomic_write, load_model, read_json, save_model, write_json
+from kdgen.errors import CheckpointError, UserError
 from kdgen.resume import EpochState, load_state, save_state
 
+if TYPE_CHECKING:
+    from kdgen.config import Config
+
 Row = dict[str, Any]
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.json"
 
 
-class RunStore:
+def unit_name(arm: str, seed: int, generation: int) -> str:
+    """The name of a unit's checkpoint (and of its entry in results.json's ``done``)."""
+    return f"{arm}-seed{seed}-gen{generation}"
+
+
+def checkpoint_relpath(arm: str, seed: int, generation: int) -> str:
+    """Where a unit's weights are, relative to the run folder."""
+    return f"checkpoints/{unit_name(arm, seed, generation)}.safetensors"
+
+
+def new_run_dir(base: Path = Path("runs")) -> Path:
+    """A fresh folder name under ``runs/``: a timestamp, with a suffix if it is taken."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate = base / stamp
+    suffix = 1
+    while candidate.exists():
+        candidate = base / f"{stamp}-{suffix}"
+        suffix += 1
+    return candidate
+
+
+def check_new_out_dir(out: Path) -> None:
+    """An existing file, or a non-empty folder, is refused (kdgen never overwrites a run)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {str(out)!r} is not empty; choose a new folder, or add --resume to continue that run")
+
+
+def make_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {str(out)!r}: cannot create folder ({exc.strerror})") from None
+
+
+def nothing_to_resume(out: Path) -> bool:
+    """A run killed before it wrote anything: there is nothing to continue (start afresh)."""
+    return not out.exists() or (out.is_dir() and not any(out.iterdir()))
+
+
+def saved_config(out: Path) -> "Config":
+    """The config a run folder was started with."""
+    from kdgen.config import build_config, read_yaml
+
+    path = out / CONFIG_FILE
+    if not out.is_dir():
+        raise UserError(f"--resume: {str(out)!r} is not a run folder")
+    if not path.is_file():
+        raise UserError(f"--resume: {str(out)!r} has no {CONFIG_FILE} (not a kdgen run folder)")
+    return build_config(read_yaml(path), str(path))
+
+
+def write_config(out: Path, cfg: "Config") -> None:
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    atomic_write(out / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+class RunFolder:
     """Reads and writes one run folder. ``resume=True`` loads what an earlier process left."""
 
-    def __init__(self, out_dir: Path, *, resume: bool = False) -> None:
+    def __init__(self, out_dir: Path, *, resume: bool = False, origin: str = "kdgen run") -> None:
         self.out_dir = Path(out_dir)
+        # Who made the folder: `kdgen run` (data and model from the config) or the Python API (yours),
+        # so a resume cannot continue an API run with the config's data source.
+        self.origin = origin
         self.rows: list[Row] = []
         self.done: list[str] = []
         # Per-unit data that is not a tidy row (the patriarchs' soft confusion matrices).
@@ -42,10 +113,18 @@ class RunStore:
                 raise CheckpointError(f"{self.results_path}: not a kdgen results file")
             self.rows, self.done = payload["rows"], [str(name) for name in payload["done"]]
             self.extras = payload.get("extras") or {}
+            made_by = payload.get("origin", "kdgen run")
+            if made_by != origin:
+                raise UserError(f"--resume: {str(out_dir)!r} was made by {made_by} (with its own data and model); "
+                                f"continue it the same way, not with {origin}")
 
     @property
     def results_path(self) -> Path:
-        return self.out_dir / "results.json"
+        return self.out_dir / RESULTS_FILE
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.out_dir / "tensorboard"
 
     @property
     def state_path(self) -> Path:
@@ -53,6 +132,9 @@ class RunStore:
 
     def checkpoint_path(self, unit_name: str) -> Path:
         return self.out_dir / "checkpoints" / f"{unit_name}.safetensors"
+
+    def timing_path(self) -> Path:
+        return self.out_dir / "timing.json"
 
     def is_done(self, unit_name: str) -> bool:
         return unit_name in self.done
@@ -95,7 +177,7 @@ class RunStore:
 
     def write_results(self, *, complete: bool) -> None:
         write_json(self.results_path, {"rows": self.rows, "done": self.done, "complete": complete,
-                                       "extras": self.extras})
+                                       "extras": self.extras, "origin": self.origin})
         state_dir = self.state_path.parent
         if complete and state_dir.is_dir() and not any(state_dir.iterdir()):
             state_dir.rmdir()  # nothing left to resume

@@ -1,0 +1,97 @@
+"""How a run executes: device, precision, memory layout, compilation, loader workers, process rank.
+
+:class:`Runtime` is the resolved form of the config's ``runtime`` section. It never changes *what*
+is computed (beyond float rounding), so a run may be resumed under a different runtime, and
+``resume`` ignores the whole section.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from kdgen.errors import UserError
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above which bf16 convolutions run natively.
+_NATIVE_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+                     "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "ALL"}
+# Measured with benchmarks/bf16_emulation.py on a 2-core AMD EPYC (AVX512-BF16 hardware run with AVX2
+# kernels, ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2): a small CNN's training step in bf16.
+EMULATED_BF16_SLOWDOWN = "about 60x slower than fp32"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("runtime.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The activation (and weight) layout ``runtime.channels_last`` asks for."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX), as PyTorch and oneDNN
+    are allowed to use it: the ``ATEN_CPU_CAPABILITY`` and ``ONEDNN_MAX_CPU_ISA`` caps count."""
+    cpu = torch.cpu
+    hardware = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    capped = torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX") or \
+        os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in _NATIVE_BF16_ISAS
+    return bool(hardware) and not capped
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where bf16 autocast is native on ``device``, else ``fp32``."""
+    if name != "auto":
+        return name
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def native_bf16(device: torch.device) -> bool:
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+
+
+def warn_if_emulated(precision: str, device: torch.device) -> None:
+    """An explicit ``bf16`` where it is not native is kept (the user asked for it), with one line of warning."""
+    if precision == "bf16" and not native_bf16(device):
+        print(f"kdgen: warning: runtime.precision=bf16 on a {device.type.upper()} without native bf16 is emulated, "
+              f"{EMULATED_BF16_SLOWDOWN}; use runtime.precision=auto", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Resolved runtime settings, handed to the training loop and to evaluation."""
+
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"  # "fp32" or "bf16", already resolved
+    channels_last: bool = True
+    compile: bool = False
+    workers: int = 0
+    # torch.distributed coordinates; one process until torchrun modes exist.
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_config(cls, runtime_cfg: object) -> "Runtime":
+        """From a :class:`kdgen.config.RuntimeConfig` (``auto`` device and precision resolved here)."""
+        device = resolve_device(runtime_cfg.device)  # type: ignore[attr-defined]
+        warn_if_emulated(runtime_cfg.precision, device)  # type: ignore[attr-defined]
+        return cls(device=device, precision=resolve_precision(runtime_cfg.precision, device),  # type: ignore[attr-defined]
+                   channels_last=runtime_cfg.channels_last, compile=runtime_cfg.compile,  # type: ignore[attr-defined]
+                   workers=runtime_cfg.workers)  # type: ignore[attr-defined]
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return memory_format(self.channels_last)
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast when ``precision`` is bf16, a disabled one otherwise."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
