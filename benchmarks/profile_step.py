@@ -16,7 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from kdgen.data import load_bundle
-from kdgen.runtime import resolve_device, resolve_precision
+from kdgen.runtime import Runtime, resolve_device, resolve_precision
 from kdgen.models import build
 from kdgen.objective import GenerationObjective
 from kdgen.train import freeze_teacher, train_generation
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--compile", action="store_true", help="profile with train.compile=true")
+    parser.add_argument("--compile", action="store_true", help="profile with runtime.compile=true")
     args = parser.parse_args()
     device = resolve_device("auto")
     precision = resolve_precision(args.precision, device)
@@ -36,11 +36,12 @@ def main() -> None:
     data = load_bundle(cfg.data)
     teacher = freeze_teacher(build("resnet20", 100, 3).to(device, memory_format=torch.channels_last))
     objective = GenerationObjective(distill_weight=0.7, temperature=2.0)
-    train_generation(build("resnet20", 100, 3), data, cfg.train, objective, seed=1, teacher=teacher, device=device)
+    runtime = Runtime(device=device, precision=precision, compile=args.compile)
+    train_generation(build("resnet20", 100, 3), data, cfg.train, objective, runtime, seed=1, teacher=teacher)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        steps = train_generation(build("resnet20", 100, 3), data, cfg.train, objective, seed=0, teacher=teacher,
-                                 device=device).steps
+        steps = train_generation(build("resnet20", 100, 3), data, cfg.train, objective, runtime, seed=0,
+                                 teacher=teacher).steps
     sort = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"device {device}, precision {precision}, compile {args.compile}, {steps} steps")
     events = prof.key_averages()

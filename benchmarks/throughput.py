@@ -10,7 +10,7 @@ synthetic images, batch 128. Measured in one run, on whatever device is there:
 3. FLOPs per step (``torch.utils.flop_counter``) and utilisation against this machine's measured bf16
    and fp32 matmul peaks;
 4. a whole pipeline (patriarch + one student, training and evaluation) both ways;
-5. the same with ``train.compile=true`` (unless ``--no-compile``): the steady step rate, the seconds the
+5. the same with ``runtime.compile=true`` (unless ``--no-compile``): the steady step rate, the seconds the
    first epoch spends compiling, the steps after which compiling pays, and the pipeline.
 
 Step rates time a second epoch, after a first that absorbs warm-up and compilation.
@@ -37,11 +37,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdgen.config import build_config
 from kdgen.data import load_bundle
-from kdgen.runtime import resolve_device, resolve_precision
+from kdgen.runtime import Runtime, resolve_device, resolve_precision
 from kdgen.generations import GenerationsRunner
 from kdgen.models import build
 from kdgen.objective import GenerationObjective
-from kdgen.train import freeze_teacher, train_generation
+from kdgen.train import TrainHooks, freeze_teacher, train_generation
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 ARCH = "resnet20"  # --model changes it, to see how the bounds move with width
@@ -76,7 +76,7 @@ def synthetic_config(num_train: int, precision: str, epochs: int = 1, arms: str 
         "seeds": [0], "data": {"name": "synthetic", "num_train": num_train, "num_test": 1024, "image_size": 32,
                                "channels": 3, "num_classes": 100, "val_fraction": 0.1},
         "model": {"name": ARCH},
-        "train": {"epochs": epochs, "batch_size": 128, "precision": precision, "compile": compile},
+        "train": {"epochs": epochs, "batch_size": 128}, "runtime": {"precision": precision, "compile": compile},
         "generations": {"count": count, "arms": [arms]}, "tolerance": {"k": 5}, "log": {"progress": False}})
 
 
@@ -98,8 +98,9 @@ def kdgen_step_rate(steps: int, precision: str, device: torch.device, compile: b
 
     sync(device)
     start = time.perf_counter()
-    result = train_generation(build(ARCH, 100, 3), data, cfg.train, objective, seed=0, teacher=teacher,
-                              device=device, on_epoch=mark)
+    runtime = Runtime(device=device, precision=precision, compile=compile)
+    result = train_generation(build(ARCH, 100, 3), data, cfg.train, objective, runtime, TrainHooks(on_epoch=mark),
+                              seed=0, teacher=teacher)
     first, second = marks[0] - start, marks[1] - marks[0]
     return result.steps // 2 * 128 / second, max(0.0, first - second)
 
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pipeline-epochs", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the standard recipe")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="also measure train.compile=true (step, compile time, pipeline)")
+                        help="also measure runtime.compile=true (step, compile time, pipeline)")
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="timing per matmul size for the peaks")
     parser.add_argument("--warm-compile-cache", action="store_true",
                         help="use inductor's usual on-disk cache instead of a fresh one (compile_seconds drops)")

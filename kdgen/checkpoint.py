@@ -72,6 +72,20 @@ def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], di
     return tensors, raw_meta
 
 
+def check_safetensors(path: Path, what: str) -> None:
+    """Fail with a :class:`CheckpointError` unless ``path`` has a readable safetensors header (no tensor is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.metadata()
+            handle.keys()
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a valid {what} ({reason})") from None
+
+
 def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a safetensors checkpoint and its metadata; refuse anything that is not one."""
     state, raw_meta = read_safetensors(path, "safetensors checkpoint")

@@ -56,10 +56,10 @@ def _has_forward_hooks(model: nn.Module) -> bool:
 def check_compile_supported(device: torch.device) -> None:
     """Fail early, with one line, where ``torch.compile`` cannot work instead of deep in the first step."""
     if not torch._dynamo.is_dynamo_supported():
-        raise UserError("train.compile=true is not supported by this Python/PyTorch build; set train.compile=false")
+        raise UserError("runtime.compile=true is not supported by this Python/PyTorch build; set runtime.compile=false")
     if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        raise UserError("train.compile=true on the CPU needs a C++ compiler (g++ or clang++) for inductor; "
-                        "install one or set train.compile=false")
+        raise UserError("runtime.compile=true on the CPU needs a C++ compiler (g++ or clang++) for inductor; "
+                        "install one or set runtime.compile=false")
 
 
 def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:

@@ -9,7 +9,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"baseline": "#7f7f7f", "strict": "#1f77b4", "tolerant": "#d62728"}
+from kdgen import arms as arm_registry
+
+
+def arm_color(arm: str) -> str | None:
+    """The arm's colour, the same in every plot (matplotlib's cycle for an unregistered name)."""
+    return arm_registry.get(arm).color if arm in arm_registry.names() else None
+
+
+def arm_sort_key(arm: str) -> tuple[int, str]:
+    """Report order: the registered arms' ``order``, unknown names last."""
+    return (arm_registry.get(arm).order if arm in arm_registry.names() else 99), arm
 
 
 def _series(summary: list[dict[str, object]], split: str, kind: str, arm: str, metric: str) -> tuple[list, list, list]:
@@ -21,10 +31,10 @@ def _series(summary: list[dict[str, object]], split: str, kind: str, arm: str, m
 
 def metric_plot(summary: list[dict[str, object]], split: str, metric: str, path: Path, ylabel: str) -> Path:
     """``metric`` against generation for every arm: single models solid, ensembles dashed, ± std bars."""
-    arms = sorted({str(e["arm"]) for e in summary}, key=lambda a: list(COLORS).index(a) if a in COLORS else 99)
+    arms = sorted({str(e["arm"]) for e in summary}, key=arm_sort_key)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for arm in arms:
-        color = COLORS.get(arm)
+        color = arm_color(arm)
         for kind, style in (("single", "-o"), ("ensemble", "--s")):
             x, y, err = _series(summary, split, kind, arm, metric)
             if x:
@@ -143,7 +153,7 @@ def patriarch_heatmaps(extras: dict, split: str, path: Path, max_classes: int = 
             names = payload.get("class_names") or names
     if not by_arm or len(next(iter(by_arm.values()))[0]) > max_classes:
         return None
-    arms = sorted(by_arm, key=lambda a: list(COLORS).index(a) if a in COLORS else 99)
+    arms = sorted(by_arm, key=arm_sort_key)
     means = {arm: np.mean(by_arm[arm], axis=0) for arm in arms}
     for matrix in means.values():
         np.fill_diagonal(matrix, np.nan)  # the true class's own probability would drown the rest
@@ -162,5 +172,28 @@ def patriarch_heatmaps(extras: dict, split: str, path: Path, max_classes: int = 
     fig.suptitle(f"Where each patriarch puts its secondary confidence ({split} split, mean over seeds)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def equal_cost_plot(points: list[dict[str, object]], split: str, path: Path) -> Path:
+    """Top-1 against the training epochs each model (or ensemble) cost, every arm: equal cost, equal x."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for arm in sorted({str(p["arm"]) for p in points}, key=arm_sort_key):
+        for kind, style in (("single", "-o"), ("ensemble", "--s")):
+            chosen = sorted((p for p in points if p["arm"] == arm and p["kind"] == kind and p["split"] == split),
+                            key=lambda p: float(p["cost"]))  # type: ignore[arg-type]
+            if chosen:
+                ax.errorbar([p["cost"] for p in chosen], [p["top1_mean"] for p in chosen],
+                            yerr=[p["top1_std"] for p in chosen], fmt=style, color=arm_color(arm), capsize=3,
+                            markersize=4, label=f"{arm} ({kind})", alpha=0.9 if kind == "single" else 0.7)
+    ax.set_xlabel("training epochs spent (all models the result needed)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"Equal cost: top-1 on the {split} split against training epochs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
     plt.close(fig)
     return path

@@ -16,16 +16,13 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
+from kdgen import arms as arm_registry
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
-from kdgen.run_folder import Row
+from kdgen.plots import arm_sort_key as _key_order
+from kdgen.run_folder import Row, checkpoint_relpath
 
 METRICS = ("top1", "top5", "nll", "ece", "conf", "entropy", "secondary_mass", "semantic", "semantic_mass")
-ARM_ORDER = {"baseline": 0, "strict": 1, "tolerant": 2}
-
-
-def _key_order(arm: str) -> tuple[int, str]:
-    return ARM_ORDER.get(arm, 99), arm
 
 
 def summarize(rows: Iterable[Row]) -> list[dict[str, object]]:
@@ -104,7 +101,7 @@ def best_unit(rows: Iterable[Row]) -> dict[str, object] | None:
     candidates = [r for r in val_rows if r["arm"] == arm and r["generation"] == generation]
     chosen = max(candidates, key=lambda r: (r["top1"], -float(r["nll"])))  # type: ignore[arg-type]
     return {"arm": arm, "generation": generation, "seed": chosen["seed"], "val_top1": chosen["top1"],
-            "checkpoint": f"checkpoints/{arm}-seed{chosen['seed']}-gen{generation}.safetensors"}
+            "checkpoint": checkpoint_relpath(str(arm), int(chosen["seed"]), int(generation))}
 
 
 def format_cell(entry: dict[str, object] | None, metric: str, digits: int = 2) -> str:
@@ -141,9 +138,16 @@ def _signed(value: float) -> str:
     return "+0.00" if text == "-0.00" else text
 
 
-COMPARISONS = (("tolerant", "strict", "single"), ("tolerant", "strict", "ensemble"),
-               ("tolerant", "baseline", "single"), ("tolerant", "baseline", "ensemble"),
-               ("strict", "baseline", "single"), ("strict", "baseline", "ensemble"))
+def comparisons(arms_run: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(arm, other, kind) for every comparison an arm asks for (``compare_with``) whose arms both ran;
+    the most derived arms first (tolerant − strict before strict − baseline)."""
+    present = set(arms_run)
+    found = []
+    for arm in sorted(present & set(arm_registry.names()), key=_key_order, reverse=True):
+        for other in arm_registry.get(arm).compare_with:
+            if other in present:
+                found += [(arm, other, "single"), (arm, other, "ensemble")]
+    return found
 
 
 def _p_text(p: float) -> str:
@@ -156,7 +160,7 @@ def diff_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]
     """Arm against arm at the same generation, paired by seed (ensembles against ensembles): top-1 and NLL."""
     header = ["comparison", "gen", "n", "Δ top1 (points)", "p (paired t)", "Δ NLL", "p (NLL)"]
     body = []
-    for arm_a, arm_b, kind in COMPARISONS:
+    for arm_a, arm_b, kind in comparisons({str(r["arm"]) for r in rows}):
         label = f"{arm_a} − {arm_b}" + (" (ensemble)" if kind == "ensemble" else "")
         nll = {d["generation"]: d for d in paired_differences(rows, arm_a, arm_b, split=split, kind=kind, metric="nll")}
         for d in paired_differences(rows, arm_a, arm_b, split=split, kind=kind):
@@ -256,7 +260,8 @@ def load_extras(run_dir: Path) -> dict[str, dict]:
 
 def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: float | None = None) -> Path:
     """Write ``report.md``, ``report.html``, ``summary.json`` and ``plots/*.png`` for ``run_dir``."""
-    from kdgen.plots import metric_plot, patriarch_heatmaps
+    from kdgen.equal_cost import equal_cost_points, equal_cost_table, run_config
+    from kdgen.plots import equal_cost_plot, metric_plot, patriarch_heatmaps
 
     run_dir = Path(run_dir)
     rows = load_rows(run_dir) if rows is None else rows
@@ -280,6 +285,14 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
                                        secondary_table(summary, split))):
             if body:
                 tables.append((title, header, body))
+    cfg = run_config(run_dir)
+    cost_points = equal_cost_points(summary, cfg) if cfg is not None else []
+    if len({p["cost"] for p in cost_points}) > 1:  # one cost for everything: nothing to compare
+        for split in ("test", "val"):
+            header, body = equal_cost_table(cost_points, split)
+            if body:
+                tables.append((f"Equal cost: top-1 against training epochs spent, {split} split", header, body))
+                plots.append(equal_cost_plot(cost_points, split, run_dir / "plots" / f"equal_cost_{split}.png"))
     extras = load_extras(run_dir)
     heatmap = patriarch_heatmaps(extras, "test", run_dir / "plots" / "patriarch_soft_confusion_test.png")
     if heatmap is not None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from torch import nn
 
-from kdgen.checkpoint import atomic_write, load_model, read_json, save_model, write_json
+from kdgen.checkpoint import atomic_write, check_safetensors, load_model, read_json, save_model, write_json
 from kdgen.errors import CheckpointError, UserError
 from kdgen.resume import EpochState, load_state, save_state
 
@@ -117,6 +117,10 @@ class RunFolder:
             if made_by != origin:
                 raise UserError(f"--resume: {str(out_dir)!r} was made by {made_by} (with its own data and model); "
                                 f"continue it the same way, not with {origin}")
+            # Every finished unit's weights must be readable before anything trains: a resume that
+            # would fail half-way (and rewrite results.json on the way) fails now instead.
+            for name in self.done:
+                check_safetensors(self.checkpoint_path(name), "safetensors checkpoint")
 
     @property
     def results_path(self) -> Path:

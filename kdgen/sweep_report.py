@@ -14,7 +14,8 @@ from typing import Any
 
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
-from kdgen.report import ARM_ORDER, format_cell, markdown_table, paired_stats, summarize, values_by_cell, write_html
+from kdgen.plots import arm_sort_key
+from kdgen.report import format_cell, markdown_table, paired_stats, summarize, values_by_cell, write_html
 from kdgen.run_folder import Row
 
 SPLIT = "val"  # a sweep chooses; it never reads the test split
@@ -131,7 +132,7 @@ def build_sweep_report(out: Path) -> Path:
     long_header = ["point", "arm", "gen", "kind", "n"] + list(SHOWN)
     long_body = []
     for e in summary["points"]:
-        for c in sorted(e["cells"], key=lambda c: (ARM_ORDER.get(c["arm"], 99), c["arm"], c["generation"], c["kind"] != "single")):
+        for c in sorted(e["cells"], key=lambda c: (*arm_sort_key(c["arm"]), c["generation"], c["kind"] != "single")):
             long_body.append([e["name"], c["arm"], str(c["generation"]), c["kind"], str(c["n"])] +
                              [format_cell(c, m, 2 if m in ("top1", "semantic") else 3) for m in SHOWN])
     plots = [sweep_plot(summary, key, out / "plots" / f"sweep_{key.replace('.', '_')}.png") for key in keys]

@@ -60,10 +60,11 @@ def make_files(root: Path) -> dict[str, list[str]]:
 
         config = load_config(None, [a for a in TINY if "=" in a] + ["log.progress=false"])
         (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
-        done = ["baseline-seed0-gen0"] if corrupt == "checkpoint" else []
+        # strict generation 0 teaches generation 1, so resuming must load it
+        done = ["strict-seed0-gen0"] if corrupt == "checkpoint" else []
         (run / "results.json").write_text(json.dumps({"rows": [], "done": done, "complete": False}))
         payload = pickle.dumps(Payload(str(root / "pwned")))
-        target = run / "state" / "current.safetensors" if corrupt == "state" else run / "checkpoints" / "baseline-seed0-gen0.safetensors"
+        target = run / "state" / "current.safetensors" if corrupt == "state" else run / "checkpoints" / "strict-seed0-gen0.safetensors"
         target.write_bytes(payload)
     (root / "run_bad_results").mkdir()
     (root / "run_bad_results" / "results.json").write_text("{not json")
@@ -88,7 +89,7 @@ CASES = {
     "unknown arm": (["run", "generations.arms=[strict,teacher]"], "generations.arms"),
     "unknown model": (["run", "model.name=resnet21"], "model.name"),
     "unknown source": (["run", "data.name=imagenet22k"], "data.name"),
-    "unknown precision": (["run", "train.precision=fp8"], "train.precision"),
+    "unknown precision": (["run", "runtime.precision=fp8"], "runtime.precision"),
     "unknown method": (["run", "tolerance.method=magic"], "tolerance.method"),
     "val fraction 1": (["run", "data.val_fraction=1"], "data.val_fraction"),
     "not key=value": (["run", "epochs"], "KEY=VALUE"),
@@ -106,7 +107,7 @@ CASES = {
     "out not empty": (["run", "--out", "busy", *TINY], "busy"),
     "resume without config.yaml": (["run", "--resume", "--out", "busy"], "busy"),
     "pickle as training state": (["run", "--resume", "--out", "run_pickle_state"], "current.safetensors"),
-    "pickle as checkpoint": (["run", "--resume", "--out", "run_pickle_ckpt"], "baseline-seed0-gen0.safetensors"),
+    "pickle as checkpoint": (["run", "--resume", "--out", "run_pickle_ckpt"], "strict-seed0-gen0.safetensors"),
     "report of a non-run": (["report", "empty_dir"], "empty_dir"),
     "report of corrupt results": (["report", "run_bad_results"], "results.json"),
 }

@@ -41,7 +41,7 @@ def test_apply_overrides_does_not_mutate_input():
     ("generations.arms=[]", ["generations.arms"]),
     ("model.name=resnet21", ["model.name", "resnet21"]),
     ("data.name=imagenet22k", ["data.name", "imagenet22k"]),
-    ("train.precision=fp8", ["train.precision"]),
+    ("runtime.precision=fp8", ["runtime.precision"]),
     ("tolerance.method=magic", ["tolerance.method"]),
     ("tolerance.primary=second", ["tolerance.primary"]),
     ("data.val_fraction=1.0", ["data.val_fraction"]),

@@ -113,7 +113,7 @@ def test_imagefolder_config_runs_on_a_tiny_folder(config, tmp_path):
     _tiny_image_folder(tmp_path / "images")
     out = tmp_path / "run"
     code = main(["run", "--config", str(config), "--out", str(out), "--no-progress",
-                 f"data.root={tmp_path / 'images'}", "data.workers=0", "data.train_crop=32",
+                 f"data.root={tmp_path / 'images'}", "runtime.workers=0", "data.train_crop=32",
                  "data.eval_resize=36", "data.eval_crop=32", "train.epochs=1", "train.batch_size=6",
                  "generations.count=1", "generations.arms=[tolerant]"])
     assert code == 0

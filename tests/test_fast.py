@@ -9,6 +9,7 @@ from kdgen.data import load_bundle
 from kdgen.fast import fold_batchnorm
 from kdgen.models import build
 from kdgen.objective import GenerationObjective
+from kdgen.runtime import Runtime
 from kdgen.train import freeze_teacher, train_generation
 
 from conftest import tiny_config
@@ -115,9 +116,9 @@ def test_the_folded_teacher_is_frozen_under_inference_mode_and_sees_the_student_
 def test_compile_matches_eager_and_reuses_the_student_graph_across_generations():
     counters = torch._dynamo.utils.counters
     torch._dynamo.reset()
-    cfg = tiny_config(train={"precision": "fp32"})
+    cfg = tiny_config()
     data = load_bundle(cfg.data)
-    compiled_recipe = cfg.train.model_copy(update={"compile": True})
+    eager_runtime, compiled_runtime = Runtime(precision="fp32"), Runtime(precision="fp32", compile=True)
     objective = GenerationObjective(distill_weight=0.5, temperature=2.0)
 
     def fresh(seed: int) -> nn.Module:
@@ -125,8 +126,8 @@ def test_compile_matches_eager_and_reuses_the_student_graph_across_generations()
         return build("cnn-tiny", 4, 1)
 
     eager, compiled = fresh(0), fresh(0)
-    train_generation(eager, data, cfg.train, GenerationObjective(), seed=0)
-    train_generation(compiled, data, compiled_recipe, GenerationObjective(), seed=0)
+    train_generation(eager, data, cfg.train, GenerationObjective(), eager_runtime, seed=0)
+    train_generation(compiled, data, cfg.train, GenerationObjective(), compiled_runtime, seed=0)
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(b.float(), a.float(), rtol=1e-3, atol=1e-4, msg=name)
     graphs_after_first = counters["stats"]["unique_graphs"]
@@ -134,10 +135,10 @@ def test_compile_matches_eager_and_reuses_the_student_graph_across_generations()
     # A later generation (new weights, a teacher) reuses the student's graph: only the teacher's is new.
     student = fresh(1)
     teacher = freeze_teacher(compiled)
-    train_generation(student, data, compiled_recipe, objective, seed=1, teacher=teacher)
+    train_generation(student, data, cfg.train, objective, compiled_runtime, seed=1, teacher=teacher)
     assert counters["stats"]["unique_graphs"] == graphs_after_first + 1
     reference = fresh(1)
-    train_generation(reference, data, cfg.train, objective, seed=1, teacher=teacher)
+    train_generation(reference, data, cfg.train, objective, eager_runtime, seed=1, teacher=teacher)
     for (name, a), b in zip(reference.state_dict().items(), student.state_dict().values()):
         torch.testing.assert_close(b.float(), a.float(), rtol=1e-3, atol=1e-4, msg=name)
 
@@ -162,5 +163,5 @@ def test_compile_without_a_cpp_compiler_is_a_one_line_user_error(monkeypatch):
     from kdgen.errors import UserError
 
     monkeypatch.setattr(fast.shutil, "which", lambda name: None)
-    with pytest.raises(UserError, match="train.compile=true on the CPU needs a C\\+\\+ compiler"):
+    with pytest.raises(UserError, match="runtime.compile=true on the CPU needs a C\\+\\+ compiler"):
         fast.check_compile_supported(torch.device("cpu"))

@@ -4,7 +4,9 @@ import torch
 from torch import nn
 
 import kdgen.train as train_module
-from kdgen.generations import GenerationsRunner, Unit, objective_for, units
+from kdgen import arms
+from kdgen.losses import top_score_difference
+from kdgen.generations import GenerationsRunner, Unit, units
 from kdgen.models import build
 from kdgen.report import best_unit
 from kdgen.train import freeze_teacher, train_generation
@@ -109,13 +111,20 @@ def test_unit_streams_differ_and_are_stable():
     assert Unit("strict", 0, 1).stream_seed == Unit("strict", 0, 1).stream_seed
 
 
+def objective_for(cfg, arm, generation):
+    return arms.make(arm, cfg).objective(generation)
+
+
 def test_objectives_per_arm():
     cfg = tiny_config(tolerance={"method": "tsd", "eta": 0.3, "k": 3}, distill={"weight": 0.7, "temperature": 3.0})
     assert objective_for(cfg, "baseline", 2).distill_weight == 0 and objective_for(cfg, "baseline", 2).tolerance is None
     assert objective_for(cfg, "strict", 0).distill_weight == 0 and objective_for(cfg, "strict", 0).tolerance is None
     assert objective_for(cfg, "strict", 1).distill_weight == 0.7 and objective_for(cfg, "strict", 1).tolerance is None
     patriarch = objective_for(cfg, "tolerant", 0)
-    assert patriarch.tolerance.eta == 0.3 and patriarch.tolerance.k == 3 and patriarch.distill_weight == 0
+    assert patriarch.tolerance.name == "tsd" and not patriarch.tolerance.replaces_ce and patriarch.distill_weight == 0
+    logits, target = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    expected = 0.3 * top_score_difference(logits, 3, target=target, primary="target")
+    assert torch.equal(patriarch.tolerance.loss(logits, target), expected)
     assert objective_for(cfg, "tolerant", 1).tolerance is None
     all_cfg = tiny_config(tolerance={"apply_to": "all"})
     assert objective_for(all_cfg, "tolerant", 2).tolerance is not None

@@ -13,7 +13,7 @@ import torch
 from kdgen.checkpoint import load_state
 from kdgen.models import build
 from kdgen.objective import GenerationObjective
-from kdgen.train import StopRequest, TrainingInterrupted, train_generation
+from kdgen.train import StopFlag, TrainHooks, TrainingInterrupted, train_generation
 
 from conftest import tiny_config
 
@@ -94,7 +94,7 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # the same config (even with changes that do not alter results) resumes a finished run without training
     again = subprocess.run([sys.executable, "-m", "kdgen", "run", "--resume", "--out", str(out), "log.progress=false",
-                            "train.compile=true"], capture_output=True, text=True)
+                            "runtime.compile=true"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(before["results.json"])["rows"]
 
@@ -115,22 +115,20 @@ def test_stop_mid_epoch_then_resume_equals_uninterrupted_training(tiny_data, sto
     train_generation(reference, tiny_data, cfg.train, objective, seed=3)
 
     calls = {"n": 0}
+    stop = StopFlag()
 
     class Counting(GenerationObjective):
         def terms(self, *args, **kwargs):
             calls["n"] += 1
             if calls["n"] == stop_after:
-                StopRequest.requested = True  # as the signal handler does
+                stop.set()  # as the signal handler does
             return super().terms(*args, **kwargs)
 
     states = []
     interrupted = fresh()
-    try:
-        with pytest.raises(TrainingInterrupted):
-            train_generation(interrupted, tiny_data, cfg.train, Counting(distill_weight=0.0), seed=3,
-                             on_state=states.append)
-    finally:
-        StopRequest.requested = False
+    with pytest.raises(TrainingInterrupted):
+        train_generation(interrupted, tiny_data, cfg.train, Counting(distill_weight=0.0),
+                         hooks=TrainHooks(on_state=states.append, stop=stop), seed=3)
     saved = states[-1]
     assert saved.epoch * steps_per_epoch + saved.step == stop_after
     resumed = fresh()

@@ -29,9 +29,9 @@ def make_folder(root: Path, per_class: int = 6) -> None:
 
 def test_streaming_folder_trains_and_evaluates(tmp_path):
     make_folder(tmp_path)
-    cfg = tiny_config(data={"name": "imagefolder", "root": str(tmp_path), "stream": True, "workers": 0,
+    cfg = tiny_config(data={"name": "imagefolder", "root": str(tmp_path), "stream": True,
                             "train_crop": 12, "eval_resize": 14, "eval_crop": 12, "val_fraction": 0.2},
-                      tolerance={"k": 2})
+                      tolerance={"k": 2}, runtime={"workers": 0})
     data = load_bundle(cfg.data)
     assert isinstance(data.train, StreamingSplit) and data.train.train
     assert isinstance(data.val, StreamingSplit) and not data.val.train  # held-out data is not randomly cropped
@@ -43,8 +43,8 @@ def test_streaming_folder_trains_and_evaluates(tmp_path):
 
 def test_streaming_batches_are_uint8_and_reproducible(tmp_path):
     make_folder(tmp_path)
-    cfg = tiny_config(data={"name": "imagefolder", "root": str(tmp_path), "stream": True, "workers": 2,
-                            "train_crop": 12, "eval_resize": 14, "eval_crop": 12})
+    cfg = tiny_config(data={"name": "imagefolder", "root": str(tmp_path), "stream": True,
+                            "train_crop": 12, "eval_resize": 14, "eval_crop": 12}, runtime={"workers": 2})
     data = load_bundle(cfg.data)
 
     def epoch(seed):

@@ -39,7 +39,7 @@ def test_unit_keys_depend_only_on_the_settings_that_change_the_unit():
         unit_key(cfg("tolerance.eta=0", "tolerance.k=3", "tolerance.primary=top1"), "tolerant", 0, 1)
     # seeds, generation count and cosmetic settings do not matter; the seed and the data do
     assert unit_key(a, "strict", 1, 1) == unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.5", "seeds=[1]",
-                                                       "generations.count=5", "train.compile=true"), "strict", 1, 1)
+                                                       "generations.count=5", "runtime.compile=true"), "strict", 1, 1)
     assert unit_key(a, "strict", 0, 1) != unit_key(a, "strict", 1, 1)
     assert unit_key(a, "strict", 0, 1) != unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.5", "train.lr=0.2"), "strict", 0, 1)
 
@@ -49,7 +49,7 @@ def _count_training(monkeypatch):
     real = generations.train_generation
 
     def counting(*args, **kwargs):
-        trained.append(kwargs["where"])
+        trained.append(args[5].where)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(generations, "train_generation", counting)

@@ -1,0 +1,56 @@
+"""The equal-cost view: every arm's accuracy against the training epochs its result cost.
+
+A strict generation 3 needed four models' training; a snapshot "generation 3" one model's, split
+into cycles; a baseline ensemble of g models, g trainings. Each arm says what its units cost
+(:meth:`kdgen.arms.Arm.cost_epochs`); this module puts the measured accuracy next to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdgen import arms as arm_registry
+
+if TYPE_CHECKING:
+    from kdgen.config import Config
+
+
+def run_config(run_dir: Path) -> "Config | None":
+    """The run folder's config, or None when it has none or one this version cannot read (older runs)."""
+    from kdgen.config import build_config, read_yaml
+    from kdgen.errors import UserError
+    from kdgen.run_folder import CONFIG_FILE
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return build_config(read_yaml(path), str(path))
+    except UserError:
+        return None
+
+
+def equal_cost_points(summary: list[dict[str, object]], cfg: "Config") -> list[dict[str, object]]:
+    """Summary entries of registered arms with ``cost`` (epochs) and ``models`` (cost / train.epochs) added."""
+    bound = {name: arm_registry.make(name, cfg) for name in arm_registry.names()}
+    points = []
+    for entry in summary:
+        arm = bound.get(str(entry["arm"]))
+        if arm is None or "top1_mean" not in entry:
+            continue
+        cost = arm.cost_epochs(int(entry["generation"]), str(entry["kind"]))  # type: ignore[arg-type]
+        points.append({**entry, "cost": cost, "models": cost / cfg.train.epochs})
+    return points
+
+
+def equal_cost_table(points: list[dict[str, object]], split: str) -> tuple[list[str], list[list[str]]]:
+    """One line per (arm, generation, kind), cheapest first: cost and top-1 (mean ± std over seeds)."""
+    from kdgen.report import format_cell
+
+    header = ["epochs spent", "models' worth", "arm", "gen", "kind", "n", "top1"]
+    chosen = sorted((p for p in points if p["split"] == split),
+                    key=lambda p: (float(p["cost"]), -float(p["top1_mean"])))  # type: ignore[arg-type]
+    body = [[f"{float(p['cost']):g}", f"{float(p['models']):.2f}", str(p["arm"]), str(p["generation"]), str(p["kind"]),  # type: ignore[arg-type]
+             str(p["n"]), format_cell(p, "top1")] for p in chosen]
+    return header, body
