@@ -5,7 +5,7 @@ that can be folded once into the convolution before it (torch.fx's conv-BN fusio
 makes one pass over its activations fewer per layer. ResNet-20 teacher forward, batch 128, bf16, on
 the 2-core CPU: 26 ms eager, 20 ms folded, 12 ms folded and compiled (docs/performance.md).
 
-With ``train.compile`` the student and the folded teacher run through ``torch.compile``. Dynamo
+With ``runtime.compile`` the student and the folded teacher run through ``torch.compile``. Dynamo
 passes module parameters to the compiled graph as inputs, so the student's graph is compiled once
 per architecture (and batch shape) and serves every later generation, seed and arm in the process;
 only the first generation pays. The folded teacher is a new ``torch.fx.GraphModule`` each

@@ -19,7 +19,7 @@ def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, 
                   precision: str = "fp32", channels_last: bool = False, workers: int = 0) -> torch.Tensor:
     """Softmax outputs ``(N, C)`` in float32 on the CPU, with the model in eval mode.
 
-    ``channels_last`` feeds NHWC images (as the training loop does with ``train.channels_last``).
+    ``channels_last`` feeds NHWC images (as the training loop does with ``runtime.channels_last``).
     The model runs as a BatchNorm-folded copy (:func:`kdgen.fast.fold_batchnorm`: the same function,
     fewer passes over the activations). Its previous train/eval mode is restored afterwards.
     """

@@ -111,7 +111,9 @@ def build_sweep_report(out: Path) -> Path:
     intro = [f"Grid: {'; '.join(f'`{k}` ∈ {v}' for k, v in summary['grid'])} — {done} of {len(summary['points'])} "
              f"points complete. Scored on the **val split only**; mean ± std over seeds (n up to {seeds[0] if seeds else 0}).",
              f"Score: val top-1 of {what}. Paired differences pair seeds: against the reference point "
-             f"`{summary['reference']}`, and against the strict arm's generation {last} at the same point.",
+             f"`{summary['reference']}`" + (f", and against the strict arm's generation {last} at the same point."
+                                            if any("vs_strict" in c for e in summary["points"] for c in e["cells"])
+                                            else " (the strict arm was not run)."),
              "Units shared between points (the baseline and strict arms in a tolerance sweep) were trained once."]
     if summary["best"] is not None:
         best = next(e for e in summary["points"] if e["name"] == summary["best"])

@@ -2,8 +2,8 @@
 
 For checks that a setting which should not change results does not: precision, compile, a refactor::
 
-    kdgen run --out runs/fp32 train.precision=fp32
-    kdgen run --out runs/bf16 train.precision=bf16
+    kdgen run --out runs/fp32 runtime.precision=fp32
+    kdgen run --out runs/bf16 runtime.precision=bf16
     python scripts/compare_runs.py runs/fp32 runs/bf16
 
 Each row shows both runs' mean ± std over seeds and the paired difference B - A. The last line sets

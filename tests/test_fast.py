@@ -1,4 +1,4 @@
-"""Speed-ups must not change the maths: the BatchNorm-folded teacher and ``train.compile``."""
+"""Speed-ups must not change the maths: the BatchNorm-folded teacher and ``runtime.compile``."""
 
 import pytest
 import torch
