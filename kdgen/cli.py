@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar (same as log.progress=false)")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides for every point")
 
+    commands.add_parser("arms", help="list the registered arms, with what each does")
     commands.add_parser("models", help="list the registered model names")
     commands.add_parser("sources", help="list the data sources")
     config = commands.add_parser("config", help="print the resolved config (defaults + file + overrides) as YAML")
@@ -204,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "config":
             return _config(args)
+        if args.command == "arms":
+            from kdgen import arms
+
+            width = max(len(name) for name in arms.names())
+            print("\n".join(f"{name:<{width}}  {arms.get(name).description}" for name in arms.names()))
+            return 0
         if args.command == "models":
             from kdgen.models import names
 

@@ -218,6 +218,23 @@ def resolve_k(cfg: Config, num_classes: int) -> Config:
     return cfg if resolved is cfg.tolerance else cfg.model_copy(update={"tolerance": resolved})
 
 
+def upgrade_recorded(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml that kdgen wrote before the runtime section and the per-method tolerance keys, in
+    today's spelling. Only for run folders (kdgen's own records, e.g. to resume or merge them); a config a
+    user writes gets a one-line error naming the new key instead."""
+    raw = yaml.safe_load(yaml.safe_dump(raw))
+    for section, keys in MOVED_TO_RUNTIME.items():
+        for key in keys:
+            if isinstance(raw.get(section), dict) and key in raw[section]:
+                raw.setdefault("runtime", {})[key] = raw[section].pop(key)
+    tolerance = raw.get("tolerance")
+    if isinstance(tolerance, dict) and tolerance.get("method", "tsd") in METHODS:
+        method = METHODS[tolerance.get("method", "tsd")]
+        renamed = {method.renamed.get(key, key): value for key, value in tolerance.items()}
+        raw["tolerance"] = {key: value for key, value in renamed.items() if key in method.model_fields}
+    return raw
+
+
 def _format_validation_error(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
     parts = [str(part) for part in first["loc"]]

@@ -17,16 +17,12 @@ if TYPE_CHECKING:
 
 
 def run_config(run_dir: Path) -> "Config | None":
-    """The run folder's config, or None when it has none or one this version cannot read (older runs)."""
-    from kdgen.config import build_config, read_yaml
+    """The run folder's config, or None when it has none or one this version cannot read."""
     from kdgen.errors import UserError
-    from kdgen.run_folder import CONFIG_FILE
+    from kdgen.run_folder import saved_config
 
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        return None
     try:
-        return build_config(read_yaml(path), str(path))
+        return saved_config(Path(run_dir))
     except UserError:
         return None
 

@@ -20,7 +20,7 @@ from kdgen import arms as arm_registry
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
 from kdgen.plots import arm_sort_key as _key_order
-from kdgen.run_folder import Row, checkpoint_relpath
+from kdgen.run_folder import RESULTS_FILE, Row, checkpoint_relpath
 
 METRICS = ("top1", "top5", "nll", "ece", "conf", "entropy", "secondary_mass", "semantic", "semantic_mass")
 
@@ -237,7 +237,7 @@ def console_summary(rows: list[Row]) -> str:
 
 def load_rows(run_dir: Path) -> list[Row]:
     """Rows of ``run_dir/results.json``; a missing or malformed file is a :class:`CheckpointError`."""
-    path = Path(run_dir) / "results.json"
+    path = Path(run_dir) / RESULTS_FILE
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"{run_dir}: not a run directory")
     payload = read_json(path)
@@ -250,7 +250,7 @@ def load_rows(run_dir: Path) -> list[Row]:
 
 def load_extras(run_dir: Path) -> dict[str, dict]:
     """Per-unit extras of ``run_dir/results.json`` (the patriarchs' soft confusion matrices); {} if none."""
-    path = Path(run_dir) / "results.json"
+    path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         return {}
     payload = read_json(path)

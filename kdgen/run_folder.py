@@ -79,14 +79,14 @@ def nothing_to_resume(out: Path) -> bool:
 
 def saved_config(out: Path) -> "Config":
     """The config a run folder was started with."""
-    from kdgen.config import build_config, read_yaml
+    from kdgen.config import build_config, read_yaml, upgrade_recorded
 
     path = out / CONFIG_FILE
     if not out.is_dir():
         raise UserError(f"--resume: {str(out)!r} is not a run folder")
     if not path.is_file():
         raise UserError(f"--resume: {str(out)!r} has no {CONFIG_FILE} (not a kdgen run folder)")
-    return build_config(read_yaml(path), str(path))
+    return build_config(upgrade_recorded(read_yaml(path)), str(path))
 
 
 def write_config(out: Path, cfg: "Config") -> None:

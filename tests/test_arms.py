@@ -135,3 +135,11 @@ def test_report_has_the_equal_cost_view(tmp_path):
     lines = [line for line in report.splitlines() if line.startswith("| 18 |") or line.startswith("| 6 |")]
     assert any("| strict | 2 | single |" in line for line in lines)
     assert any("| snapshot | 2 | single |" in line for line in lines)
+
+
+def test_kdgen_arms_lists_every_registered_arm(capsys):
+    from kdgen.cli import main
+
+    assert main(["arms"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == arms.names()

@@ -60,4 +60,50 @@ def test_merge_runs_equals_one_run_over_all_seeds(tmp_path):
     assert (tmp_path / "merged" / "report.md").is_file()
     again = subprocess.run([sys.executable, str(script), str(tmp_path / "m2"), str(tmp_path / "a"), str(tmp_path / "a")],
                            capture_output=True, text=True)
-    assert again.returncode == 2 and "share seeds" in again.stderr
+    assert again.returncode == 2 and "is in both" in again.stderr
+
+
+def test_merge_runs_of_different_arms_equals_one_run_and_refuses_other_settings(tmp_path):
+    from kdgen.checkpoint import read_json
+    from kdgen.config import load_config
+    from kdgen.runner import run_experiment
+
+    tiny = ["data.name=synthetic", "data.num_train=64", "data.num_test=16", "data.image_size=8", "data.channels=1",
+            "data.num_classes=3", "model.name=cnn-tiny", "train.epochs=2", "train.batch_size=16",
+            "generations.count=1", "log.progress=false", "seeds=[0]"]
+    for name, extra in (("strict", ["generations.arms=[strict]"]),
+                        ("snapshot", ["generations.arms=[snapshot]", "snapshot.weight=0.5"]),
+                        ("both", ["generations.arms=[strict,snapshot]", "snapshot.weight=0.5"]),
+                        ("other", ["generations.arms=[tolerant]", "distill.weight=0.5"])):
+        run_experiment(load_config(None, tiny + extra), tmp_path / name, echo=False)
+    script = ROOT / "scripts" / "merge_runs.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "merged"), str(tmp_path / "strict"),
+                           str(tmp_path / "snapshot")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    key = lambda r: (r["seed"], r["arm"], r["generation"], r["kind"], r["split"])  # noqa: E731
+    merged, single = read_json(tmp_path / "merged" / "results.json"), read_json(tmp_path / "both" / "results.json")
+    assert sorted(merged["rows"], key=key) == sorted(single["rows"], key=key)
+    assert load_config(tmp_path / "merged" / "config.yaml") == load_config(tmp_path / "both" / "config.yaml")
+    refused = subprocess.run([sys.executable, str(script), str(tmp_path / "m2"), str(tmp_path / "strict"),
+                              str(tmp_path / "other")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "tolerant-seed0-gen1 was trained with settings" in refused.stderr
+
+
+def test_equal_cost_pairs_compares_cells_of_equal_cost_across_arms(tmp_path):
+    from kdgen.config import load_config
+    from kdgen.runner import run_experiment
+
+    tiny = ["data.name=synthetic", "data.num_train=64", "data.num_test=16", "data.image_size=8", "data.channels=1",
+            "data.num_classes=3", "model.name=cnn-tiny", "train.epochs=6", "train.batch_size=16",
+            "generations.count=2", "log.progress=false", "seeds=[0,1]", "generations.arms=[baseline,strict,snapshot]"]
+    run_experiment(load_config(None, tiny), tmp_path / "run", echo=False)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "equal_cost_pairs.py"), str(tmp_path / "run")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # three 2-epoch snapshot cycles cost one 6-epoch model; strict generation 1 costs two, like a baseline
+    # ensemble of two models
+    assert any(line.split()[:7] == ["6", "snapshot", "g2", "single", "baseline", "g0", "single"] for line in lines)
+    assert any(line.split()[:7] == ["12", "strict", "g1", "single", "baseline", "g2", "ensemble"] for line in lines)
+    assert not any("baseline g1 single" in line for line in lines)  # one baseline single model stands for all
+    assert not any(line.split()[1:2] == line.split()[4:5] for line in lines[2:])  # never an arm against itself
