@@ -28,16 +28,21 @@ def run_config(run_dir: Path) -> "Config | None":
 
 
 def equal_cost_points(summary: list[dict[str, object]], cfg: "Config") -> list[dict[str, object]]:
-    """Summary entries of registered arms with ``cost`` (epochs) and ``models`` (cost / train.epochs) added."""
+    """Summary entries of registered arms with ``cost`` (epochs) and ``models`` (cost / train.epochs) added.
+
+    One entry per (split, arm, kind, cost), the lowest generation: the baseline's single models all
+    cost one training, and generation 0 stands for them.
+    """
     bound = {name: arm_registry.make(name, cfg) for name in arm_registry.names()}
-    points = []
-    for entry in summary:
+    points: dict[tuple, dict[str, object]] = {}
+    for entry in sorted(summary, key=lambda e: int(e["generation"])):  # type: ignore[arg-type]
         arm = bound.get(str(entry["arm"]))
         if arm is None or "top1_mean" not in entry:
             continue
         cost = arm.cost_epochs(int(entry["generation"]), str(entry["kind"]))  # type: ignore[arg-type]
-        points.append({**entry, "cost": cost, "models": cost / cfg.train.epochs})
-    return points
+        points.setdefault((entry["split"], entry["arm"], entry["kind"], cost),
+                          {**entry, "cost": cost, "models": cost / cfg.train.epochs})
+    return list(points.values())
 
 
 def equal_cost_table(points: list[dict[str, object]], split: str) -> tuple[list[str], list[list[str]]]:

@@ -29,28 +29,34 @@ def _series(summary: list[dict[str, object]], split: str, kind: str, arm: str, m
     return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
 
 
-def metric_plot(summary: list[dict[str, object]], split: str, metric: str, path: Path, ylabel: str) -> Path:
-    """``metric`` against generation for every arm: single models solid, ensembles dashed, ± std bars."""
-    arms = sorted({str(e["arm"]) for e in summary}, key=arm_sort_key)
+def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, xlabel: str, ylabel: str, title: str,
+               integer_x: bool = False) -> Path:
+    """One line per (arm, kind, x, y, err): single models solid, ensembles dashed, ± std bars, arm colours."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for arm in arms:
-        color = arm_color(arm)
-        for kind, style in (("single", "-o"), ("ensemble", "--s")):
-            x, y, err = _series(summary, split, kind, arm, metric)
-            if x:
-                ax.errorbar(x, y, yerr=err, fmt=style, color=color, capsize=3, markersize=4,
-                            label=f"{arm} ({kind})", alpha=0.9 if kind == "single" else 0.7)
-    ax.set_xlabel("generation (0 = patriarch; ensemble = generations 1..g)")
+    for arm, kind, x, y, err in series:
+        if x:
+            ax.errorbar(x, y, yerr=err, fmt="-o" if kind == "single" else "--s", color=arm_color(arm), capsize=3,
+                        markersize=4, label=f"{arm} ({kind})", alpha=0.9 if kind == "single" else 0.7)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel} on the {split} split (mean ± std over seeds)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    if integer_x:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def metric_plot(summary: list[dict[str, object]], split: str, metric: str, path: Path, ylabel: str) -> Path:
+    """``metric`` against generation for every arm: single models solid, ensembles dashed, ± std bars."""
+    arms = sorted({str(e["arm"]) for e in summary}, key=arm_sort_key)
+    series = [(arm, kind, *_series(summary, split, kind, arm, metric)) for arm in arms for kind in ("single", "ensemble")]
+    return _arm_lines(series, path, xlabel="generation (0 = patriarch; ensemble = generations 1..g)", ylabel=ylabel,
+                      title=f"{ylabel} on the {split} split (mean ± std over seeds)", integer_x=True)
 
 
 def _slice(summary: dict, key: str) -> list[dict]:
@@ -178,22 +184,12 @@ def patriarch_heatmaps(extras: dict, split: str, path: Path, max_classes: int = 
 
 def equal_cost_plot(points: list[dict[str, object]], split: str, path: Path) -> Path:
     """Top-1 against the training epochs each model (or ensemble) cost, every arm: equal cost, equal x."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    series = []
     for arm in sorted({str(p["arm"]) for p in points}, key=arm_sort_key):
-        for kind, style in (("single", "-o"), ("ensemble", "--s")):
+        for kind in ("single", "ensemble"):
             chosen = sorted((p for p in points if p["arm"] == arm and p["kind"] == kind and p["split"] == split),
                             key=lambda p: float(p["cost"]))  # type: ignore[arg-type]
-            if chosen:
-                ax.errorbar([p["cost"] for p in chosen], [p["top1_mean"] for p in chosen],
-                            yerr=[p["top1_std"] for p in chosen], fmt=style, color=arm_color(arm), capsize=3,
-                            markersize=4, label=f"{arm} ({kind})", alpha=0.9 if kind == "single" else 0.7)
-    ax.set_xlabel("training epochs spent (all models the result needed)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"Equal cost: top-1 on the {split} split against training epochs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+            series.append((arm, kind, [p["cost"] for p in chosen], [p["top1_mean"] for p in chosen],
+                           [p["top1_std"] for p in chosen]))
+    return _arm_lines(series, path, xlabel="training epochs spent (all models the result needed)",
+                      ylabel="top-1 accuracy (%)", title=f"Equal cost: top-1 on the {split} split against training epochs")

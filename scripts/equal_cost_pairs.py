@@ -27,12 +27,9 @@ def pairs(run_dir: Path, metric: str) -> tuple[list[str], list[list[str]]]:
         raise SystemExit(f"{run_dir}: no readable config.yaml")
     points = equal_cost_points(summarize(rows), cfg)
     by_cost: dict[float, list[tuple[str, int, str]]] = defaultdict(list)
-    for p in sorted(points, key=lambda p: int(p["generation"])):  # type: ignore[arg-type]
-        cell = (str(p["arm"]), int(p["generation"]), str(p["kind"]))  # type: ignore[arg-type]
-        same = by_cost[float(p["cost"])]  # type: ignore[arg-type]
-        # One cell per (arm, kind) and cost: the baseline's single models all cost one training.
-        if p["split"] == "val" and not any(c[0] == cell[0] and c[2] == cell[2] for c in same):
-            same.append(cell)
+    for p in points:  # one cell per (arm, kind) and cost: see equal_cost_points
+        if p["split"] == "val":
+            by_cost[float(p["cost"])].append((str(p["arm"]), int(p["generation"]), str(p["kind"])))  # type: ignore[arg-type]
     for cells in by_cost.values():
         cells.sort(key=lambda c: arm_sort_key(c[0]), reverse=True)  # derived arm first: A − B reads "new − reference"
     header = ["epochs", "A", "B", "n", f"val Δ {metric} (A − B)", "p", f"test Δ {metric} (A − B)", "p "]
