@@ -160,7 +160,7 @@ def _sweep(args: argparse.Namespace) -> int:
     try:
         run_sweep(plan, args.out, resume=args.resume, units=args.units, stop=stop)
     except KeyboardInterrupt:
-        print(f"kdgen: interrupted; continue with the same command plus --resume", file=sys.stderr)
+        print("kdgen: interrupted; continue with the same command plus --resume", file=sys.stderr)
         return 130
     finally:
         restore_handlers()

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from kdgen import arms as arm_registry
 from kdgen.errors import ConfigError
-from kdgen.tolerance import DEFAULT_TSD_K, METHODS, ToleranceMethod  # noqa: F401  (DEFAULT_TSD_K re-exported)
+from kdgen.tolerance import METHODS
 
 DEFAULT_ARMS = ("baseline", "strict", "tolerant")
 # Keys that moved to the runtime section: how a run executes, not what it computes.

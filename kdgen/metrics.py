@@ -46,7 +46,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     # Bin b holds confidences in (edges[b], edges[b+1]]; bucketize puts 0 in bin 0.
     bin_index = (torch.bucketize(confidence.double(), edges, right=False) - 1).clamp(0, bins - 1)
-    total = torch.zeros(bins, dtype=torch.float64).index_add_(0, bin_index, torch.ones_like(correct))
     conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, bin_index, confidence.double())
     acc_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, bin_index, correct)
     return float((conf_sum - acc_sum).abs().sum() / max(len(labels), 1))

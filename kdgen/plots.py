@@ -30,7 +30,7 @@ def _series(summary: list[dict[str, object]], split: str, kind: str, arm: str, m
 
 
 def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, xlabel: str, ylabel: str, title: str,
-               integer_x: bool = False) -> Path:
+               integer_x: bool = False, log_x: bool = False) -> Path:
     """One line per (arm, kind, x, y, err): single models solid, ensembles dashed, ± std bars, arm colours."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for arm, kind, x, y, err in series:
@@ -43,6 +43,11 @@ def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, x
     ax.grid(alpha=0.3)
     if integer_x:
         ax.xaxis.get_major_locator().set_params(integer=True)
+    if log_x:  # costs double from point to point: equal spacing, every measured x labelled
+        ticks = sorted({float(x) for _, _, xs, _, _ in series for x in xs})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +102,8 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
 
     fig, (left, zoom, right) = plt.subplots(1, 3, figsize=(15.0, 4.2), dpi=110)
     palette = plt.get_cmap("tab10")
-    reference: list[float] = []  # the strict arm's values (or the scored arm's at the best point)
+    reference: list[float] = []  # the strict arm's values (or the scored arm's last generation)
+    zoomed_on = "the strict arm"
     for generation in range(last + 1):
         color = palette(generation % 10)
         xs, ys, errs = _cell_series(points, arm, generation, "top1")
@@ -113,6 +119,7 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
                     ax.plot(position(sx), sy, "--", color=color, alpha=0.6, label=f"strict gen {generation}")
         if generation == last and not reference:
             reference += ys
+            zoomed_on = f"{arm} gen {last}"
     if reference:
         # Strong settings can collapse a model; the zoom keeps the region where the arms compete readable.
         zoom.set_ylim(min(reference) - 2.5, max(reference) + 1.5)
@@ -121,7 +128,7 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
         xs, ys, errs = _cell_series(points, arm, 0, metric)
         if xs:
             right.errorbar(position(xs), ys, yerr=errs, fmt=style, capsize=3, markersize=4, label=f"patriarch {label}")
-    for ax, title in ((left, "val top-1 (%)"), (zoom, "val top-1 (%), zoomed on the strict arm"),
+    for ax, title in ((left, "val top-1 (%)"), (zoom, f"val top-1 (%), zoomed on {zoomed_on}"),
                       (right, "patriarch's secondary information (val)")):
         ax.set_xlabel(key)
         ax.set_title(title, fontsize=10)
@@ -192,4 +199,5 @@ def equal_cost_plot(points: list[dict[str, object]], split: str, path: Path) -> 
             series.append((arm, kind, [p["cost"] for p in chosen], [p["top1_mean"] for p in chosen],
                            [p["top1_std"] for p in chosen]))
     return _arm_lines(series, path, xlabel="training epochs spent (all models the result needed)",
-                      ylabel="top-1 accuracy (%)", title=f"Equal cost: top-1 on the {split} split against training epochs")
+                      ylabel="top-1 accuracy (%)", title=f"Equal cost: top-1 on the {split} split against training epochs",
+                      log_x=True)

@@ -4,6 +4,7 @@ A unit (arm, seed, generation) depends on only part of the config:
 
 - every unit: ``data``, ``model``, ``train``, the runtime settings that change the arithmetic
   (device, precision, channels_last; not compile, workers or parallel), and its seed, arm and generation;
+- the K of the secondary-information metrics in its rows (TSD's ``tolerance.k``);
 - what its arm says it depends on (:meth:`kdgen.arms.Arm.unit_settings`): a student (generation
   >= 1) also on ``distill``; the tolerant arm also on ``tolerance`` (its patriarch is trained with
   it, and every later generation learns from that patriarch's line), but ``tolerance.apply_to``
@@ -45,6 +46,9 @@ def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str
     for section in ("data", "model", "train"):
         settings[section] = full[section]
     settings["runtime"] = {k: v for k, v in full["runtime"].items() if k not in COSMETIC_RUNTIME}
+    # The rows, not the weights, depend on the K of the secondary-information metrics (mass on ranks
+    # 2..K: TSD's K, else a fixed default): a unit reused from a run with another K would carry its K's rows.
+    settings["metrics"] = {"secondary_k": full["tolerance"].get("k", "default")}
     settings.update(arms.make(arm, cfg).unit_settings(generation))
     return settings
 

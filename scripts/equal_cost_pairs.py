@@ -50,7 +50,8 @@ def pairs(run_dir: Path, metric: str) -> tuple[list[str], list[list[str]]]:
                     if split == "val":
                         line.append(str(d["n"]))
                     p = "n/a" if d["p"] != d["p"] else ("<0.001" if d["p"] < 0.001 else f"{d['p']:.3f}")
-                    line += [f"{d['mean']:+.2f} ± {d['std']:.2f}", p]
+                    digits = 2 if metric.startswith("top") else 3
+                    line += [f"{d['mean']:+.{digits}f} ± {d['std']:.{digits}f}", p]
                 body.append(line)
     return header, body
 

@@ -89,12 +89,12 @@ def test_snapshot_cycles_warm_start_from_and_learn_from_the_previous_cycle(monke
     for previous, cycle in zip(calls, calls[1:]):
         assert all(torch.equal(cycle["start"][k], previous["end"][k]) for k in previous["end"])
         assert all(torch.equal(cycle["teacher"][k], previous["end"][k]) for k in previous["end"])
-        assert cycle["frozen"] and not cycle["same"] and cycle["weight"] == cfg.distill.weight
+        assert cycle["frozen"] and not cycle["same"] and cycle["weight"] == cfg.snapshot.weight
     for cycle in calls:
         assert cycle["lrs"][0] == cfg.train.lr and cycle["lrs"][-1] < cfg.train.lr  # restart, then decay
 
 
-def test_snapshot_settings_override_the_distill_section():
+def test_snapshot_has_its_own_teacher_weight_and_temperature():
     cfg = snapshot_config(snapshot={"cycle_epochs": 2, "weight": 0.4, "temperature": 2.0})
     objective = arms.make("snapshot", cfg).objective(1)
     assert objective.distill_weight == 0.4 and objective.temperature == 2.0

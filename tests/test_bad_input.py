@@ -3,7 +3,6 @@
 import gzip
 import hashlib
 import json
-import os
 import pickle
 import struct
 from pathlib import Path
@@ -55,7 +54,6 @@ def make_files(root: Path) -> dict[str, list[str]]:
         run = root / name
         (run / "state").mkdir(parents=True)
         (run / "checkpoints").mkdir()
-        cfg = yaml.safe_load(yaml.safe_dump({}))
         from kdgen.config import load_config
 
         config = load_config(None, [a for a in TINY if "=" in a] + ["log.progress=false"])

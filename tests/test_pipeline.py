@@ -101,8 +101,10 @@ def test_tolerance_methods_have_their_own_parameters_and_terms():
 def test_label_smoothing_replaces_cross_entropy_with_its_weight():
     from kdgen import arms
 
-    cfg = tiny_config(tolerance={"method": "label-smoothing", "epsilon": 0.2, "apply_to": "all"},
-                      distill={"weight": 0.6, "temperature": 2.0})
+    from kdgen.tolerance import LabelSmoothing
+
+    cfg = tiny_config(distill={"weight": 0.6, "temperature": 2.0})
+    cfg = cfg.model_copy(update={"tolerance": LabelSmoothing(epsilon=0.2, apply_to="all")})
     logits, target, teacher = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1]), torch.randn(6, 4)
     terms = arms.make("tolerant", cfg).objective(1).terms(logits, target, teacher)
     assert set(terms) == {"ce", "kd"}
@@ -140,3 +142,23 @@ def test_resume_ignores_the_whole_runtime_section(tmp_path):
                             "runtime.channels_last=false", "runtime.workers=0", "runtime.device=cpu"],
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+
+
+def test_run_folders_written_before_the_runtime_section_are_read_in_todays_spelling(tmp_path):
+    import yaml
+
+    from kdgen.config import upgrade_recorded
+    from kdgen.run_folder import saved_config
+
+    old = {"train": {"epochs": 3, "precision": "bf16", "compile": False, "device": "auto", "channels_last": True},
+           "data": {"name": "digits", "workers": 4},
+           "tolerance": {"method": "label-smoothing", "eta": 0.1, "k": 3, "primary": "top1", "apply_to": "patriarch"}}
+    new = upgrade_recorded(old)
+    assert new["runtime"] == {"precision": "bf16", "compile": False, "device": "auto", "channels_last": True, "workers": 4}
+    assert new["tolerance"] == {"method": "label-smoothing", "epsilon": 0.1, "apply_to": "patriarch"}
+    assert old["train"]["precision"] == "bf16"  # the record itself is not touched
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    cfg = saved_config(tmp_path)
+    assert cfg.runtime.precision == "bf16" and cfg.tolerance.epsilon == 0.1 and cfg.train.epochs == 3
+    with pytest.raises(ConfigError, match="train.device has moved to runtime.device"):
+        load_config(tmp_path / "config.yaml")  # a config a user passes is not rewritten behind their back

@@ -34,9 +34,11 @@ def test_unit_keys_depend_only_on_the_settings_that_change_the_unit():
     assert unit_key(a, "tolerant", 0, 0) == unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.9"), "tolerant", 0, 0)
     assert unit_key(a, "tolerant", 0, 0) != unit_key(cfg("tolerance.eta=0.2", "distill.weight=0.5"), "tolerant", 0, 0)
     assert unit_key(a, "tolerant", 0, 1) != unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.9"), "tolerant", 0, 1)
-    # with no tolerance term at all, K and primary change nothing
-    assert unit_key(cfg("tolerance.eta=0", "tolerance.k=2"), "tolerant", 0, 1) == \
+    # with no tolerance term at all, primary changes nothing
+    assert unit_key(cfg("tolerance.eta=0", "tolerance.k=3"), "tolerant", 0, 1) == \
         unit_key(cfg("tolerance.eta=0", "tolerance.k=3", "tolerance.primary=top1"), "tolerant", 0, 1)
+    # but K is the K of every row's secondary-information metrics (mass on ranks 2..K), for every arm
+    assert unit_key(cfg("tolerance.k=2"), "strict", 0, 0) != unit_key(cfg("tolerance.k=3"), "strict", 0, 0)
     # seeds, generation count and cosmetic settings do not matter; the seed and the data do
     assert unit_key(a, "strict", 1, 1) == unit_key(cfg("tolerance.eta=0.1", "distill.weight=0.5", "seeds=[1]",
                                                        "generations.count=5", "runtime.compile=true"), "strict", 1, 1)
@@ -104,9 +106,11 @@ def test_sweep_scores_on_val_only_resumes_without_training_and_names_the_test_co
     assert all(c["split"] == "val" for p in summary["points"] for c in p["cells"])
     assert (out / "sweep.md").read_text().count("|") > 20 and (out / "sweep.html").exists()
     assert (out / "plots" / "sweep_tolerance_eta.png").stat().st_size > 1000
-    # eta=0 makes K irrelevant: the two eta=0 points share every unit
+    # eta=0 makes K irrelevant to training: the two eta=0 points have the same models, and their rows differ
+    # only in the mass on ranks 2..K, measured at each point's own K
     a, b = (json.loads((out / "runs" / p["name"] / "results.json").read_text())["rows"] for p in summary["points"][:2])
-    assert a == b
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "secondary_mass"} for r in rows]  # noqa: E731
+    assert drop(a) == drop(b) and any(x["secondary_mass"] != y["secondary_mass"] for x, y in zip(a, b))
     # test rows never move the summary
     for point in summary["points"]:
         path = out / "runs" / point["name"] / "results.json"
