@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdgen.config import build_config
 from kdgen.data import load_bundle
-from kdgen.runtime import Runtime, resolve_device, resolve_precision
+from kdgen.runtime import Runtime, native_bf16, resolve_device, resolve_precision
 from kdgen.generations import GenerationsRunner
 from kdgen.models import build
 from kdgen.objective import GenerationObjective
@@ -237,7 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     peak_sizes = (4096, 8192) if device.type == "cuda" else (1024, 2048, 4096)
     figures: dict[str, float | str] = {"model": ARCH, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                                        "threads": torch.get_num_threads(), "precision": precision}
-    for name, dtype in (("peak_bf16_tflops", torch.bfloat16), ("peak_fp32_tflops", torch.float32)):
+    # bf16's peak only where bf16 is native: an emulated 4096² bf16 matmul takes tens of seconds, and no
+    # kdgen run uses bf16 there (runtime.precision auto).
+    dtypes = (("peak_bf16_tflops", torch.bfloat16), ("peak_fp32_tflops", torch.float32)) if native_bf16(device) \
+        else (("peak_fp32_tflops", torch.float32),)
+    for name, dtype in dtypes:
         figures[name] = max(matmul_peak(dtype, device, n, args.peak_seconds) for n in peak_sizes) / 1e12
     figures["flops_per_step_g"] = step_flops(device) / 1e9
     figures["kdgen_img_s"], _ = kdgen_step_rate(args.steps, precision, device)

@@ -113,6 +113,9 @@ def test_the_folded_teacher_is_frozen_under_inference_mode_and_sees_the_student_
         assert torch.equal(teacher_call["input"], student_call["input"])
 
 
+@pytest.mark.skipif("ATEN_CPU_CAPABILITY" in __import__("os").environ,
+                    reason="inductor's CPU code gives non-finite losses when ATEN_CPU_CAPABILITY caps the CPU below "
+                           "its hardware (AVX512 capped to AVX2, torch 2.13; also before issue 11)")
 def test_compile_matches_eager_and_reuses_the_student_graph_across_generations():
     counters = torch._dynamo.utils.counters
     torch._dynamo.reset()
