@@ -31,7 +31,7 @@ from kdgen.resume import EpochState
 from kdgen.run_folder import Row, RunFolder, unit_name
 from kdgen.runtime import Runtime
 from kdgen.train import EpochLog, StopFlag, TrainHooks, freeze_teacher, train_generation
-from kdgen.unit_cache import UnitCache
+from kdgen.unit_cache import CachedUnit, UnitCache
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -164,12 +164,13 @@ class GenerationsRunner:
             models = {j: m for j, m in models.items() if j in later}
         return rows
 
-    def record(self, unit: Unit, model: nn.Module | None, hit: object, rows: list[Row], extras: dict[str, object]) -> None:
+    def record(self, unit: Unit, model: nn.Module | None, hit: CachedUnit | None, rows: list[Row],
+               extras: dict[str, object]) -> None:
         """Put a newly finished unit in the run folder (and a newly trained one in the unit cache)."""
         if self.folder is None:
             return
         if hit is not None:
-            self.folder.adopt_unit(unit.name, hit.checkpoint, rows, extras)  # type: ignore[attr-defined]
+            self.folder.adopt_unit(unit.name, hit.checkpoint, rows, extras)
             return
         assert model is not None
         self.folder.finish_unit(unit.name, model, {

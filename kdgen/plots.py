@@ -9,17 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kdgen import arms as arm_registry
-
-
-def arm_color(arm: str) -> str | None:
-    """The arm's colour, the same in every plot (matplotlib's cycle for an unregistered name)."""
-    return arm_registry.get(arm).color if arm in arm_registry.names() else None
-
-
-def arm_sort_key(arm: str) -> tuple[int, str]:
-    """Report order: the registered arms' ``order``, unknown names last."""
-    return (arm_registry.get(arm).order if arm in arm_registry.names() else 99), arm
+from kdgen.arms import color as arm_color
+from kdgen.arms import sort_key as arm_sort_key
 
 
 def _series(summary: list[dict[str, object]], split: str, kind: str, arm: str, metric: str) -> tuple[list, list, list]:

@@ -19,7 +19,6 @@ from scipy import stats
 from kdgen import arms as arm_registry
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
-from kdgen.plots import arm_sort_key as _key_order
 from kdgen.run_folder import RESULTS_FILE, Row, checkpoint_relpath
 
 METRICS = ("top1", "top5", "nll", "ece", "conf", "entropy", "secondary_mass", "semantic", "semantic_mass")
@@ -39,7 +38,7 @@ def summarize(rows: Iterable[Row]) -> list[dict[str, object]]:
                 entry[f"{metric}_mean"] = float(values.mean())
                 entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         summary.append(entry)
-    summary.sort(key=lambda e: (e["split"], e["kind"], _key_order(str(e["arm"])), e["generation"]))
+    summary.sort(key=lambda e: (e["split"], e["kind"], arm_registry.sort_key(str(e["arm"])), e["generation"]))
     return summary
 
 
@@ -119,7 +118,7 @@ def summary_table(summary: list[dict[str, object]], split: str) -> tuple[list[st
     has_conf = any("conf_mean" in e for e in index.values())
     header = ["arm", "gen", "n", "top1 single", "top1 ensemble"] + (["top5 single"] if has_top5 else []) + \
              ["NLL single", "ECE single", "NLL ensemble"] + (["confidence single"] if has_conf else [])
-    keys = sorted({(arm, gen) for (_, arm, gen) in index}, key=lambda k: (_key_order(str(k[0])), k[1]))
+    keys = sorted({(arm, gen) for (_, arm, gen) in index}, key=lambda k: (arm_registry.sort_key(str(k[0])), k[1]))
     body = []
     for arm, gen in keys:
         single, ensemble = index.get(("single", arm, gen)), index.get(("ensemble", arm, gen))
@@ -143,7 +142,7 @@ def comparisons(arms_run: Iterable[str]) -> list[tuple[str, str, str]]:
     the most derived arms first (tolerant − strict before strict − baseline)."""
     present = set(arms_run)
     found = []
-    for arm in sorted(present & set(arm_registry.names()), key=_key_order, reverse=True):
+    for arm in sorted(present & set(arm_registry.names()), key=arm_registry.sort_key, reverse=True):
         for other in arm_registry.get(arm).compare_with:
             if other in present:
                 found += [(arm, other, "single"), (arm, other, "ensemble")]
@@ -177,7 +176,8 @@ def gains_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]
     header = ["arm", "gen", "n", "Δ top1 single − patriarch", "p", "Δ top1 ensemble − patriarch", "p "]
     values = values_by_cell(rows, split)
     body = []
-    for arm, generation in sorted({(a, g) for (a, g, _) in values if g >= 1}, key=lambda k: (_key_order(k[0]), k[1])):
+    cells = {(a, g) for (a, g, _) in values if g >= 1}
+    for arm, generation in sorted(cells, key=lambda k: (arm_registry.sort_key(k[0]), k[1])):
         patriarch = values.get((arm, 0, "single"), {})
         line = [arm, str(generation)]
         single = paired_stats(values[(arm, generation, "single")], patriarch)
@@ -200,7 +200,8 @@ def secondary_table(summary: list[dict[str, object]], split: str) -> tuple[list[
     index = {(e["split"], e["arm"], e["generation"]): e for e in summary if e["kind"] == "single"}
     shown = [(m, label, d) for m, label, d in SECONDARY if any(f"{m}_mean" in e for e in index.values())]
     header = ["arm", "gen", "train top1", "train NLL"] + [label for _, label, _ in shown]
-    keys = sorted({(a, g) for (sp, a, g) in index if sp == split}, key=lambda k: (_key_order(str(k[0])), k[1]))
+    keys = sorted({(a, g) for (sp, a, g) in index if sp == split},
+                  key=lambda k: (arm_registry.sort_key(str(k[0])), k[1]))
     body = []
     for arm, gen in keys:
         train, here = index.get(("train", arm, gen)), index[(split, arm, gen)]

@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from kdgen.errors import UserError
+
+if TYPE_CHECKING:  # the config imports kdgen.arms, which need no runtime: no cycle at run time
+    from kdgen.config import RuntimeConfig
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above which bf16 convolutions run natively.
 _NATIVE_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
@@ -81,13 +85,12 @@ class Runtime:
     world_size: int = 1
 
     @classmethod
-    def from_config(cls, runtime_cfg: object) -> "Runtime":
-        """From a :class:`kdgen.config.RuntimeConfig` (``auto`` device and precision resolved here)."""
-        device = resolve_device(runtime_cfg.device)  # type: ignore[attr-defined]
-        warn_if_emulated(runtime_cfg.precision, device)  # type: ignore[attr-defined]
-        return cls(device=device, precision=resolve_precision(runtime_cfg.precision, device),  # type: ignore[attr-defined]
-                   channels_last=runtime_cfg.channels_last, compile=runtime_cfg.compile,  # type: ignore[attr-defined]
-                   workers=runtime_cfg.workers)  # type: ignore[attr-defined]
+    def from_config(cls, runtime_cfg: "RuntimeConfig") -> "Runtime":
+        """From the config's ``runtime`` section (``auto`` device and precision resolved here)."""
+        device = resolve_device(runtime_cfg.device)
+        warn_if_emulated(runtime_cfg.precision, device)
+        return cls(device=device, precision=resolve_precision(runtime_cfg.precision, device),
+                   channels_last=runtime_cfg.channels_last, compile=runtime_cfg.compile, workers=runtime_cfg.workers)
 
     @property
     def memory_format(self) -> torch.memory_format:

@@ -14,7 +14,7 @@ from typing import Any
 
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
-from kdgen.plots import arm_sort_key
+from kdgen.arms import sort_key as arm_sort_key
 from kdgen.report import format_cell, markdown_table, paired_stats, summarize, values_by_cell, write_html
 from kdgen.run_folder import Row
 

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from kdgen.equal_cost import equal_cost_points, run_config
-from kdgen.plots import arm_sort_key
+from kdgen.arms import sort_key as arm_sort_key
 from kdgen.report import load_rows, markdown_table, paired_stats, summarize, text_table, values_by_cell
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from kdgen.arms.base import Arm, get, make, names, register, settings_sections
+from kdgen.arms.base import Arm, color, get, make, names, register, settings_sections, sort_key
 
-__all__ = ["Arm", "get", "make", "names", "register", "settings_sections"]
+__all__ = ["Arm", "color", "get", "make", "names", "register", "settings_sections", "sort_key"]
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":

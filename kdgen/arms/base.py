@@ -122,6 +122,16 @@ def make(name: str, cfg: "Config") -> Arm:
     return _REGISTRY[name](cfg)
 
 
+def sort_key(name: str) -> tuple[int, str]:
+    """Report order of an arm name: the registered arms' ``order``, unknown names (old runs) last."""
+    return (_REGISTRY[name].order if name in _REGISTRY else 99), name
+
+
+def color(name: str) -> str | None:
+    """The arm's colour, the same in every plot; None (matplotlib's cycle) for an unregistered name."""
+    return _REGISTRY[name].color if name in _REGISTRY else None
+
+
 def settings_sections() -> dict[str, type[BaseModel]]:
     """Config sections that arms bring: {section name: pydantic model}."""
     return dict(cls.settings for cls in _REGISTRY.values() if cls.settings is not None)

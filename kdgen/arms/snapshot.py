@@ -54,7 +54,7 @@ class Snapshot(Arm):
 
     @property
     def options(self) -> SnapshotSettings:
-        return getattr(self.cfg, "snapshot")
+        return getattr(self.cfg, self.settings[0])  # type: ignore[index]
 
     @property
     def cycle_epochs(self) -> int:
