@@ -7,6 +7,7 @@ else is an internal failure with a traceback and exit code 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn
@@ -119,8 +120,10 @@ def _run(args: argparse.Namespace) -> int:
         run_experiment(cfg, out, resume=args.resume, unit_cache=cache, stop=stop)
     except KeyboardInterrupt:
         where = f" --out {out}" if out is not None else ""
-        print(f"kdgen: interrupted; the training state is saved: continue with kdgen run --resume{where}",
-              file=sys.stderr)
+        if _rank() == 0:  # under torchrun every process stops; one line says so
+            how = "the same torchrun command plus" if "RANK" in os.environ else "kdgen run"
+            print(f"kdgen: interrupted; the training state is saved: continue with {how} --resume{where}",
+                  file=sys.stderr)
         return 130
     finally:
         restore_handlers()
@@ -154,6 +157,9 @@ def _stop_on_signals() -> tuple["StopFlag", Callable[[], None]]:
 def _sweep(args: argparse.Namespace) -> int:
     from kdgen.sweep import make_plan, run_sweep
 
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise UserError("kdgen sweep runs in one process; under torchrun, use kdgen run (runtime.parallel=chains) "
+                        "per point, or run sweeps side by side sharing --units")
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
     plan = make_plan(args.config, args.grid, overrides, args.select, args.reference)
     stop, restore_handlers = _stop_on_signals()
@@ -184,6 +190,27 @@ def _config(args: argparse.Namespace) -> int:
 
     print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
     return 0
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _print_error(exc: UserError) -> None:
+    """One line on stderr. Under torchrun, a mistake every process meets (config, data, paths) is
+    printed by rank 0 alone; one a process met while training says which rank it was."""
+    from kdgen.parallel import PeerFailed
+
+    rank = _rank()
+    own = getattr(exc, "rank", None)
+    if isinstance(exc, PeerFailed) and rank != 0:
+        return
+    if rank == 0 or own is not None:
+        print(f"kdgen: error{f' (rank {own})' if own else ''}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(source_names()))
             return 0
     except UserError as exc:
-        print(f"kdgen: error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 2
     except KeyboardInterrupt:
         print("kdgen: interrupted", file=sys.stderr)

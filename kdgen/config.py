@@ -147,8 +147,20 @@ class RuntimeConfig(_Strict):
     compile: bool = False
     # DataLoader workers for streamed image folders and streamed evaluation.
     workers: int = Field(4, ge=0, le=64)
-    # One process for now; torchrun modes (chains, data) are issue 12's work.
-    parallel: Literal["none"] = "none"
+    # Under torchrun: "chains" spreads whole (seed, arm) chains over the processes, "data" trains each
+    # model on all of them (DistributedDataParallel). See kdgen.parallel and README "Many processes".
+    parallel: str = "none"
+    # data mode: BatchNorm statistics over the whole global batch (as one process computes them).
+    sync_batchnorm: bool = True
+
+    @field_validator("parallel")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        from kdgen import parallel
+
+        if value not in parallel.names():
+            raise ValueError(f"unknown mode {value!r}; choose from {', '.join(parallel.names())}")
+        return value
 
 
 class DistillConfig(_Strict):

@@ -95,7 +95,7 @@ class GenerationsRunner:
         self.normalize = Normalizer(data.mean, data.std, self.runtime.device)
         self.steps_per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
         self.writer = None
-        if cfg.log.tensorboard and folder is not None:
+        if cfg.log.tensorboard and folder is not None and self.runtime.parallel.writes_units:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
@@ -107,21 +107,32 @@ class GenerationsRunner:
         return self.arms[unit.arm].recipe(unit.generation).epochs * self.steps_per_epoch
 
     def run(self) -> list[Row]:
-        """Train and evaluate every unit; return the tidy result rows (with a folder: all of its rows)."""
-        all_units = units(self.cfg)
+        """Train and evaluate every unit (under ``runtime.parallel=chains``: this process's chains);
+        return the tidy result rows (with a folder: all of its rows this process knows of)."""
+        chains = [(seed, arm) for seed in self.cfg.seeds for arm in self.cfg.generations.arms]
+        remaining = [sum(self.unit_steps(u) for u in self.chain(seed, arm) if not self.is_done(u))
+                     for seed, arm in chains]
+        mine = [chains[i] for i in self.runtime.parallel.assign(remaining)]
         rows: list[Row] = []
-        done = sum(self.unit_steps(u) for u in all_units if self.folder is not None and self.folder.is_done(u.name))
+        done = sum(self.unit_steps(u) for seed, arm in mine for u in self.chain(seed, arm) if self.is_done(u))
         # Off a terminal (CI logs, files) redraw rarely instead of filling the log with updates.
         interactive = sys.stderr.isatty()
-        # Counted in optimizer steps, so long epochs (ImageNet) show progress and the rate is steps/s.
-        with tqdm(total=sum(self.unit_steps(u) for u in all_units), unit="step", disable=not self.cfg.log.progress,
-                  initial=done, dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
-            for seed in self.cfg.seeds:
-                for arm in self.cfg.generations.arms:
-                    rows.extend(self.run_arm(arm, seed, bar))
+        # One bar, the leader's (processes' bars would overwrite each other); counted in optimizer
+        # steps, so long epochs (ImageNet) show progress and the rate is steps/s.
+        show = self.cfg.log.progress and self.runtime.parallel.is_leader
+        with tqdm(total=sum(self.unit_steps(u) for seed, arm in mine for u in self.chain(seed, arm)), unit="step",
+                  disable=not show, initial=done, dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
+            for seed, arm in mine:
+                rows.extend(self.run_arm(arm, seed, bar))
         if self.writer is not None:
             self.writer.close()
         return self.folder.rows if self.folder is not None else rows
+
+    def chain(self, seed: int, arm: str) -> list[Unit]:
+        return [Unit(arm, seed, g) for g in range(self.cfg.generations.count + 1)]
+
+    def is_done(self, unit: Unit) -> bool:
+        return self.folder is not None and self.folder.is_done(unit.name)
 
     def run_arm(self, arm_name: str, seed: int, bar: tqdm | None = None) -> list[Row]:
         """The chain of one arm and seed, generation by generation.
@@ -132,8 +143,8 @@ class GenerationsRunner:
         """
         arm = self.arms[arm_name]
         rows: list[Row] = []
-        chain = [Unit(arm_name, seed, g) for g in range(self.cfg.generations.count + 1)]
-        finished = [self.folder is not None and self.folder.is_done(u.name) for u in chain]
+        chain = self.chain(seed, arm_name)
+        finished = [self.is_done(u) for u in chain]
         cached = [None if done or self.unit_cache is None else self.unit_cache.get(self.cfg, u.arm, u.seed, u.generation)
                   for u, done in zip(chain, finished)]
         to_train = [not done and hit is None for done, hit in zip(finished, cached)]
@@ -167,7 +178,7 @@ class GenerationsRunner:
     def record(self, unit: Unit, model: nn.Module | None, hit: CachedUnit | None, rows: list[Row],
                extras: dict[str, object]) -> None:
         """Put a newly finished unit in the run folder (and a newly trained one in the unit cache)."""
-        if self.folder is None:
+        if self.folder is None or not self.runtime.parallel.writes_units:
             return
         if hit is not None:
             self.folder.adopt_unit(unit.name, hit.checkpoint, rows, extras)
@@ -187,9 +198,10 @@ class GenerationsRunner:
         extras: dict[str, object] = {}
         generation, runtime = unit.generation, self.runtime
         for split_name, split in self.eval_splits().items():
-            probs = predict_probs(model, split, self.normalize, batch_size=self.cfg.train.eval_batch_size,
-                                  precision=runtime.precision, channels_last=runtime.channels_last,
-                                  workers=runtime.workers)
+            probs = runtime.parallel.gather(
+                lambda part: predict_probs(model, part, self.normalize, batch_size=self.cfg.train.eval_batch_size,
+                                           precision=runtime.precision, channels_last=runtime.channels_last,
+                                           workers=runtime.workers), split)
             rows.append(_row(unit, "single", split_name, self.metrics(probs, split.labels)))
             if generation == 0 and split_name != "train":
                 extras["class_names"] = self.data.class_names
@@ -241,7 +253,8 @@ class GenerationsRunner:
 
         def on_state(state: EpochState) -> None:
             state.unit = unit.name
-            self.folder.save_epoch(state)  # type: ignore[union-attr]
+            if self.runtime.parallel.writes_units:  # data mode: rank 0 saves the state all ranks share
+                self.folder.save_epoch(state)  # type: ignore[union-attr]
 
         def on_epoch(log: EpochLog) -> None:
             if bar is not None:

@@ -6,13 +6,18 @@ Layout of ``DIR``::
     results.json                     {"rows": [...], "done": [unit names], "complete": bool,
                                       "extras": {unit name: {"soft_confusion": {split: C x C}}}}
     checkpoints/<unit>.safetensors   weights of every finished unit (<arm>-seed<S>-gen<G>)
-    state/current.safetensors        training state of the unit in progress, after its last epoch
+    records/<unit>.json              rows and extras of each finished unit, until the run completes
+    state/<unit>.safetensors         training state of a unit in progress, after its last epoch or step
     timing.json                      wall time of the run
     report.md, report.html, plots/   the report (kdgen report rebuilds them)
     tensorboard/                     with log.tensorboard
 
-Order of writes when a unit finishes: its checkpoint, then results.json (which marks it done),
-then the in-progress state is removed. A kill between any two steps is harmless on resume.
+Order of writes when a unit finishes: its checkpoint, then its record (which marks it done), then
+(by the leader) results.json, then the in-progress state is removed. A kill between any two steps
+is harmless on resume. Under torchrun every process writes only its own units' files, and the
+leader alone writes config.yaml, results.json and the report: no file has two writers. When the
+run completes, results.json holds every record and the records folder is removed, so a finished
+folder looks the same however many processes made it.
 """
 
 from __future__ import annotations
@@ -95,15 +100,23 @@ def write_config(out: Path, cfg: "Config") -> None:
 
 
 class RunFolder:
-    """Reads and writes one run folder. ``resume=True`` loads what an earlier process left."""
+    """Reads and writes one run folder. ``resume=True`` loads what earlier processes left.
 
-    def __init__(self, out_dir: Path, *, resume: bool = False, origin: str = "kdgen run") -> None:
+    ``order`` (unit names in training order) fixes the order of results.json's rows, so a run
+    whose units finished in another order (several processes) writes the same file as one process.
+    Only the ``leader`` (rank 0, or the only process) writes results.json; every process writes the
+    records, checkpoints and training states of the units it trains, one writer per file.
+    """
+
+    def __init__(self, out_dir: Path, *, resume: bool = False, origin: str = "kdgen run",
+                 order: list[str] | None = None, leader: bool = True) -> None:
         self.out_dir = Path(out_dir)
         # Who made the folder: `kdgen run` (data and model from the config) or the Python API (yours),
         # so a resume cannot continue an API run with the config's data source.
         self.origin = origin
-        self.rows: list[Row] = []
-        self.done: list[str] = []
+        self.order = {name: index for index, name in enumerate(order or [])}
+        self.leader = leader
+        self.unit_rows: dict[str, list[Row]] = {}  # finished units' rows, by unit name
         # Per-unit data that is not a tidy row (the patriarchs' soft confusion matrices).
         self.extras: dict[str, dict[str, Any]] = {}
         if resume and self.results_path.exists():
@@ -111,12 +124,16 @@ class RunFolder:
             if not isinstance(payload, dict) or not isinstance(payload.get("rows"), list) \
                     or not isinstance(payload.get("done"), list):
                 raise CheckpointError(f"{self.results_path}: not a kdgen results file")
-            self.rows, self.done = payload["rows"], [str(name) for name in payload["done"]]
-            self.extras = payload.get("extras") or {}
             made_by = payload.get("origin", "kdgen run")
             if made_by != origin:
                 raise UserError(f"--resume: {str(out_dir)!r} was made by {made_by} (with its own data and model); "
                                 f"continue it the same way, not with {origin}")
+            self.unit_rows = {str(name): [] for name in payload["done"]}
+            for row in payload["rows"]:
+                self.unit_rows.setdefault(unit_name(row["arm"], row["seed"], row["generation"]), []).append(row)
+            self.extras = payload.get("extras") or {}
+        if resume:
+            self.refresh()
             # Every finished unit's weights must be readable before anything trains: a resume that
             # would fail half-way (and rewrite results.json on the way) fails now instead.
             for name in self.done:
@@ -127,12 +144,24 @@ class RunFolder:
         return self.out_dir / RESULTS_FILE
 
     @property
+    def records_dir(self) -> Path:
+        return self.out_dir / "records"
+
+    @property
     def tensorboard_dir(self) -> Path:
         return self.out_dir / "tensorboard"
 
     @property
-    def state_path(self) -> Path:
-        return self.out_dir / "state" / "current.safetensors"
+    def done(self) -> list[str]:
+        """Finished units, in training order (``order``), then any others in the order they finished."""
+        return sorted(self.unit_rows, key=lambda name: self.order.get(name, len(self.order)))
+
+    @property
+    def rows(self) -> list[Row]:
+        return [row for name in self.done for row in self.unit_rows[name]]
+
+    def state_path(self, unit_name: str) -> Path:
+        return self.out_dir / "state" / f"{unit_name}.safetensors"
 
     def checkpoint_path(self, unit_name: str) -> Path:
         return self.out_dir / "checkpoints" / f"{unit_name}.safetensors"
@@ -141,27 +170,48 @@ class RunFolder:
         return self.out_dir / "timing.json"
 
     def is_done(self, unit_name: str) -> bool:
-        return unit_name in self.done
+        return unit_name in self.unit_rows
+
+    def refresh(self) -> None:
+        """Take in the records of units other processes finished (each record is written atomically)."""
+        if not self.records_dir.is_dir():
+            return
+        for path in sorted(self.records_dir.glob("*.json")):
+            name = path.stem
+            if name in self.unit_rows:
+                continue
+            record = read_json(path)
+            if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+                raise CheckpointError(f"{path}: not a kdgen unit record")
+            self.unit_rows[name] = record["rows"]
+            if record.get("extras"):
+                self.extras[name] = record["extras"]
 
     def load_finished(self, unit_name: str, model: nn.Module) -> None:
         """Weights of a finished unit, for use as a teacher or an ensemble member after a resume."""
         load_model(model, self.checkpoint_path(unit_name))
 
     def save_epoch(self, state: EpochState) -> None:
-        save_state(self.state_path, state)
+        save_state(self.state_path(state.unit), state)
 
     def pending_state(self, unit_name: str) -> EpochState | None:
-        """The saved in-progress state if it belongs to ``unit_name``."""
-        if not self.state_path.exists():
-            return None
-        state = load_state(self.state_path)
-        return state if state.unit == unit_name else None
+        """The saved in-progress state of ``unit_name``, if any (also from folders of older kdgen versions,
+        which kept the one unit in progress in state/current.safetensors)."""
+        for path in (self.state_path(unit_name), self.out_dir / "state" / "current.safetensors"):
+            if path.exists():
+                state = load_state(path)
+                if state.unit == unit_name:
+                    return state
+        return None
 
     def finish_unit(self, unit_name: str, model: nn.Module, metadata: dict[str, Any], rows: list[Row],
                     extras: dict[str, Any] | None = None) -> None:
         save_model(model, self.checkpoint_path(unit_name), metadata)
         self._mark_done(unit_name, rows, extras)
-        self.state_path.unlink(missing_ok=True)
+        self.state_path(unit_name).unlink(missing_ok=True)
+        legacy = self.out_dir / "state" / "current.safetensors"
+        if legacy.exists() and load_state(legacy).unit == unit_name:
+            legacy.unlink()
 
     def adopt_unit(self, unit_name: str, checkpoint: Path, rows: list[Row], extras: dict[str, Any]) -> None:
         """Finish a unit with a checkpoint another run trained (a hard link where possible)."""
@@ -172,16 +222,28 @@ class RunFolder:
         self._mark_done(unit_name, rows, extras)
 
     def _mark_done(self, unit_name: str, rows: list[Row], extras: dict[str, Any] | None) -> None:
-        """Record a unit whose checkpoint is on disk: its rows and extras, then results.json (which marks it done)."""
-        self.rows.extend(rows)
+        """Record a unit whose checkpoint is on disk: its record file (which marks it done), then,
+        by the leader, results.json with every record so far."""
+        write_json(self.records_dir / f"{unit_name}.json", {"rows": rows, "extras": extras or {}})
+        self.unit_rows[unit_name] = rows
         if extras:
             self.extras[unit_name] = extras
-        self.done.append(unit_name)
-        self.write_results(complete=False)
+        if self.leader:
+            self.refresh()
+            self.write_results(complete=False)
 
     def write_results(self, *, complete: bool) -> None:
+        """results.json from every finished unit; when ``complete``, the records and state folders go."""
         write_json(self.results_path, {"rows": self.rows, "done": self.done, "complete": complete,
-                                       "extras": self.extras, "origin": self.origin})
-        state_dir = self.state_path.parent
-        if complete and state_dir.is_dir() and not any(state_dir.iterdir()):
+                                       "extras": {name: self.extras[name] for name in self.done if name in self.extras},
+                                       "origin": self.origin})
+        if not complete:
+            return
+        # results.json now holds every record (and a kill before this point loses nothing).
+        if self.records_dir.is_dir():
+            for path in self.records_dir.glob("*.json"):
+                path.unlink()
+            self.records_dir.rmdir()
+        state_dir = self.out_dir / "state"
+        if state_dir.is_dir() and not any(state_dir.iterdir()):
             state_dir.rmdir()  # nothing left to resume

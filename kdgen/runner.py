@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from torch import nn
 
@@ -19,17 +19,26 @@ from kdgen.checkpoint import write_json
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
-from kdgen.generations import GenerationsRunner
+from kdgen.generations import GenerationsRunner, units
+from kdgen.parallel import ParallelMode
 from kdgen.report import build_report, console_summary
 from kdgen.run_folder import (Row, RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
                               saved_config, write_config)
 from kdgen.runtime import Runtime
-from kdgen.train import StopFlag
+from kdgen.train import StopFlag, TrainingInterrupted
 from kdgen.unit_cache import UnitCache
 
 # Settings that do not change what is computed: they may differ when resuming.
 NOT_COMPARED_ON_RESUME = ("log.", "runtime.")
 ORIGIN_CLI, ORIGIN_API = "kdgen run", "kdgen.train_generations"
+T = TypeVar("T")
+
+
+def start_parallel(runtime_cfg: Any) -> ParallelMode:
+    """This process's ``runtime.parallel`` mode, joined with the others torchrun started."""
+    from kdgen import parallel
+
+    return parallel.start(runtime_cfg.parallel, runtime_cfg.device, sync_batchnorm=runtime_cfg.sync_batchnorm)
 
 
 def check_against_data(cfg: Config, data: DataBundle, data_name: str) -> None:
@@ -76,50 +85,107 @@ def open_out(out: Path | None, resume: bool) -> tuple[bool, Config | None]:
     return True, saved_config(out)
 
 
+def _together(parallel: ParallelMode, step: Callable[[], T]) -> T:
+    """``step()`` on every process; if it fails on any (a user mistake), it fails on all, before any waits."""
+    error, value = None, None
+    try:
+        value = step()
+    except UserError as exc:
+        error = exc
+    parallel.agree(error)
+    return value  # type: ignore[return-value]
+
+
 def run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.Module], out: Path | None, *,
                  model_name: str, data_name: str, origin: str, resume: bool = False, echo: bool = True,
-                 unit_cache: UnitCache | None = None, stop: StopFlag | None = None) -> tuple[Path | None, list[Row]]:
+                 unit_cache: UnitCache | None = None, stop: StopFlag | None = None,
+                 parallel: ParallelMode | None = None) -> tuple[Path | None, list[Row]]:
     """Run every arm, seed and generation of ``cfg`` on ``data``; with ``out``, write the run folder.
 
     With ``resume``, ``out`` must be a folder this function wrote before with the same config (the
-    runtime and log sections aside); finished units are loaded, the unit in progress continues from
-    its last saved step, and the final results.json is identical to an uninterrupted run's. With
+    runtime and log sections aside); finished units are loaded, the units in progress continue from
+    their last saved step, and the final results.json is identical to an uninterrupted run's. With
     ``unit_cache`` (``kdgen sweep``), units trained by other runs with the same relevant settings
-    are reused (:mod:`kdgen.unit_cache`). Without ``out`` nothing is written.
+    are reused (:mod:`kdgen.unit_cache`). Without ``out`` nothing is written. Under torchrun,
+    ``parallel`` (by default started here from ``runtime.parallel``) shares the work out.
     """
+    owns = parallel is None
+    parallel = parallel if parallel is not None else start_parallel(cfg.runtime)
+    try:
+        return _run_pipeline(cfg, data, model_factory, out, parallel, model_name=model_name, data_name=data_name,
+                             origin=origin, resume=resume, echo=echo, unit_cache=unit_cache, stop=stop)
+    finally:
+        if owns:
+            parallel.close()
+
+
+def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.Module], out: Path | None,
+                  parallel: ParallelMode, *, model_name: str, data_name: str, origin: str, resume: bool, echo: bool,
+                  unit_cache: UnitCache | None, stop: StopFlag | None) -> tuple[Path | None, list[Row]]:
     start = time.perf_counter()
-    resume, saved = open_out(out, resume)
-    check_against_data(cfg, data, data_name)
-    runtime = Runtime.from_config(cfg.runtime)
-    # config.yaml records what actually runs: the precision and K that "auto" means here.
-    cfg = resolve_k(cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"precision": runtime.precision})}),
-                    data.num_classes)
-    folder = None
-    if out is not None:
-        if saved is not None:
-            differing = config_differences(resolve_k(saved, data.num_classes), cfg)
+    leader = parallel.is_leader
+
+    def checks() -> tuple[bool, Config, Runtime]:
+        is_resume, saved = open_out(out, resume)
+        check_against_data(cfg, data, data_name)
+        if out is None and parallel.world_size > 1 and parallel.name == "chains":
+            raise ConfigError("runtime.parallel=chains needs a run folder (out_dir) to collect the processes' results")
+        runtime = Runtime.from_config(cfg.runtime, parallel)
+        # config.yaml records what actually runs: the precision and K that "auto" means here.
+        resolved = resolve_k(cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
+            update={"precision": runtime.precision})}), data.num_classes)
+        if out is not None and saved is not None:
+            differing = config_differences(resolve_k(saved, data.num_classes), resolved)
             if differing:
                 raise UserError(f"--resume: the config differs from the one {str(out)!r} was started with, in: "
                                 f"{', '.join(differing)}")
-        make_out_dir(out)
-        folder = RunFolder(out, resume=resume, origin=origin)
-        if not resume:
-            write_config(out, cfg)
-            folder.write_results(complete=False)
-    if echo:
+        return is_resume, resolved, runtime
+
+    resume, cfg, runtime = _together(parallel, checks)
+    folder = None
+    if out is not None:
+        def prepare() -> None:  # one writer: the leader makes the folder; the others wait for it
+            if leader:
+                make_out_dir(out)
+                if not resume:
+                    write_config(out, cfg)
+                    RunFolder(out, origin=origin).write_results(complete=False)
+
+        _together(parallel, prepare)
+        order = [unit.name for unit in units(cfg)]
+        # Every process reads the folder before any writes to it (so all share out the same chains).
+        folder = _together(parallel, lambda: RunFolder(out, resume=resume, origin=origin, order=order, leader=leader))
+    if echo and leader:
         where = f" -> {out}" if out is not None else ""
+        processes = f", {parallel.world_size} processes ({parallel.name})" if parallel.world_size > 1 else ""
         print(f"kdgen: {data_name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
-              f"{data.num_classes} classes), model {model_name} ({runtime.precision}), arms {cfg.generations.arms}, "
-              f"seeds {cfg.seeds}, patriarch + {cfg.generations.count} generations{where}"
+              f"{data.num_classes} classes), model {model_name} ({runtime.precision}{processes}), arms "
+              f"{cfg.generations.arms}, seeds {cfg.seeds}, patriarch + {cfg.generations.count} generations{where}"
               + (f" (resuming: {len(folder.done)} models done)" if resume and folder is not None else ""), flush=True)
-    rows = GenerationsRunner(cfg, data, model_factory, runtime=runtime, folder=folder, model_name=model_name,
-                             unit_cache=unit_cache, stop=stop).run()
+    try:
+        try:
+            rows = GenerationsRunner(cfg, data, model_factory, runtime=runtime, folder=folder, model_name=model_name,
+                                     unit_cache=unit_cache, stop=stop).run()
+        except UserError as exc:
+            exc.rank = parallel.rank  # type: ignore[attr-defined]  # met by this process alone: it says so
+            raise
+        # Processes whose chains are done wait for the others (still answering a stop signal).
+        if not parallel.wait_for_all(lambda: stop is not None and stop.requested):
+            raise TrainingInterrupted("stopped while waiting for the other processes")
+    except KeyboardInterrupt:
+        if folder is not None and leader:
+            folder.refresh()  # results.json with what every process finished, for kdgen report
+            folder.write_results(complete=False)
+        raise
     wall = time.perf_counter() - start
-    if folder is not None:
+    if folder is not None and leader:
+        folder.refresh()
+        rows = folder.rows
         folder.write_results(complete=True)
-        write_json(folder.timing_path(), {"wall_time_s": wall, "resumed": resume})
+        write_json(folder.timing_path(), {"wall_time_s": wall, "resumed": resume, "processes": parallel.world_size,
+                                          "parallel": parallel.name})
         build_report(folder.out_dir, rows, wall_time_s=wall)
-    if echo:
+    if echo and leader:
         print(console_summary(rows))
         print(f"\nwall time {wall:.1f} s" + (f"; report: {out / 'report.md'}" if out is not None else ""))
     return out, rows
@@ -129,19 +195,25 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
                    unit_cache: UnitCache | None = None, stop: StopFlag | None = None) -> tuple[Path, list[Row]]:
     """``kdgen run``: the config's data source and registry model through :func:`run_pipeline`.
 
-    ``out`` defaults to a new folder under ``runs/``. Returns the run folder and its rows.
+    ``out`` defaults to a new folder under ``runs/`` (under torchrun, rank 0's choice). Returns the
+    run folder and its rows.
     """
     from kdgen.data import load_bundle
     from kdgen.models import build
 
-    open_out(out, resume)  # path mistakes before the (possibly slow) data load
-    out = new_run_dir() if out is None else out
-    data = load_bundle(cfg.data)
+    parallel = start_parallel(cfg.runtime)
+    try:
+        _together(parallel, lambda: open_out(out, resume))  # path mistakes before the (possibly slow) data load
+        out = Path(parallel.leader_value(new_run_dir() if out is None else out))  # type: ignore[arg-type]
+        data = _together(parallel, lambda: load_bundle(cfg.data))
 
-    def factory() -> nn.Module:
-        return build(cfg.model.name, data.num_classes, data.channels)
+        def factory() -> nn.Module:
+            return build(cfg.model.name, data.num_classes, data.channels)
 
-    run_dir, rows = run_pipeline(cfg, data, factory, out, model_name=cfg.model.name, data_name=cfg.data.name,
-                                 origin=ORIGIN_CLI, resume=resume, echo=echo, unit_cache=unit_cache, stop=stop)
+        run_dir, rows = run_pipeline(cfg, data, factory, out, model_name=cfg.model.name, data_name=cfg.data.name,
+                                     origin=ORIGIN_CLI, resume=resume, echo=echo, unit_cache=unit_cache, stop=stop,
+                                     parallel=parallel)
+    finally:
+        parallel.close()
     assert run_dir is not None
     return run_dir, rows

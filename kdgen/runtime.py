@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from kdgen.errors import UserError
+from kdgen.parallel import OneProcess, ParallelMode
 
 if TYPE_CHECKING:  # the config imports kdgen.arms, which need no runtime: no cycle at run time
     from kdgen.config import RuntimeConfig
@@ -80,17 +81,23 @@ class Runtime:
     channels_last: bool = True
     compile: bool = False
     workers: int = 0
-    # torch.distributed coordinates; one process until torchrun modes exist.
-    rank: int = 0
-    world_size: int = 1
+    # How the processes torchrun started share the run (kdgen.parallel); one process by default.
+    parallel: ParallelMode = field(default_factory=OneProcess)
 
     @classmethod
-    def from_config(cls, runtime_cfg: "RuntimeConfig") -> "Runtime":
-        """From the config's ``runtime`` section (``auto`` device and precision resolved here)."""
+    def from_config(cls, runtime_cfg: "RuntimeConfig", parallel: ParallelMode | None = None) -> "Runtime":
+        """From the config's ``runtime`` section (``auto`` device and precision resolved here).
+
+        Under torchrun on GPUs, each process takes the GPU of its local rank (``parallel.device``).
+        """
         device = resolve_device(runtime_cfg.device)
-        warn_if_emulated(runtime_cfg.precision, device)
+        if parallel is not None and device.type == "cuda":
+            device = parallel.device
+        if parallel is None or parallel.is_leader:
+            warn_if_emulated(runtime_cfg.precision, device)
         return cls(device=device, precision=resolve_precision(runtime_cfg.precision, device),
-                   channels_last=runtime_cfg.channels_last, compile=runtime_cfg.compile, workers=runtime_cfg.workers)
+                   channels_last=runtime_cfg.channels_last, compile=runtime_cfg.compile, workers=runtime_cfg.workers,
+                   parallel=parallel if parallel is not None else OneProcess())
 
     @property
     def memory_format(self) -> torch.memory_format:

@@ -147,7 +147,10 @@ def train_generation(
         torch.backends.cudnn.benchmark = True
     if runtime.compile:
         check_compile_supported(device)
-    student = maybe_compile(model, runtime.compile)
+    parallel = runtime.parallel
+    # runtime.parallel=data: DistributedDataParallel (and cross-rank BatchNorm) around the model.
+    trained, end_parallel = parallel.prepare(model)
+    student = maybe_compile(trained, runtime.compile)
     teach = None
     if teacher is not None:
         teach = maybe_compile(fold_batchnorm(teacher).to(device, memory_format=memory_format), runtime.compile)
@@ -177,10 +180,12 @@ def train_generation(
         for step, (images, targets) in enumerate(batches):
             if step < skip_steps:
                 continue  # drawn (same RNG use as before the stop) but already trained on
-            if hooks.stop is not None and hooks.stop.requested and hooks.on_state is not None:
+            if parallel.any_stop(hooks.stop is not None and hooks.stop.requested) and hooks.on_state is not None:
                 hooks.on_state(capture(where, epoch, model, optimizer, schedule, epoch_generator_state, result.history,
                                  step=step, loss_sums=sums, first_bad_step=int(first_bad_step)))
                 raise TrainingInterrupted(f"{where}: stopped in epoch {epoch + 1} after step {step}")
+            # Every process draws the whole global batch (same order, same augmentation), then keeps its share.
+            images, targets = parallel.local_batch(images, targets)
             inputs = normalize(images).contiguous(memory_format=memory_format)
             teacher_logits = None
             if teach is not None:
@@ -202,6 +207,7 @@ def train_generation(
             if hooks.on_step is not None:
                 hooks.on_step()
         skip_steps = 0
+        sums, first_bad_step = parallel.epoch_totals(sums, first_bad_step)
         mean_losses = {name: float(total) / steps for name, total in sums.items()}
         result.steps += steps
         if int(first_bad_step) >= 0:
@@ -213,5 +219,6 @@ def train_generation(
             hooks.on_state(capture(where, epoch + 1, model, optimizer, schedule, generator.get_state(), result.history))
         if hooks.on_epoch is not None:
             hooks.on_epoch(log)
+    end_parallel()
     model.eval()
     return result

@@ -36,7 +36,7 @@ from kdgen.config import Config
 from kdgen.run_folder import Row
 
 # Runtime settings that never change a unit's result.
-COSMETIC_RUNTIME = {"compile", "workers", "parallel"}
+COSMETIC_RUNTIME = {"compile", "workers", "parallel", "sync_batchnorm"}
 
 
 def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str, Any]:

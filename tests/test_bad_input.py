@@ -62,7 +62,9 @@ def make_files(root: Path) -> dict[str, list[str]]:
         done = ["strict-seed0-gen0"] if corrupt == "checkpoint" else []
         (run / "results.json").write_text(json.dumps({"rows": [], "done": done, "complete": False}))
         payload = pickle.dumps(Payload(str(root / "pwned")))
-        target = run / "state" / "current.safetensors" if corrupt == "state" else run / "checkpoints" / "strict-seed0-gen0.safetensors"
+        # the first unit of the run (TINY trains the default arms) is in progress: its state is read
+        target = run / "state" / "baseline-seed0-gen0.safetensors" if corrupt == "state" \
+            else run / "checkpoints" / "strict-seed0-gen0.safetensors"
         target.write_bytes(payload)
     (root / "run_bad_results").mkdir()
     (root / "run_bad_results" / "results.json").write_text("{not json")
@@ -104,7 +106,7 @@ CASES = {
     "out is a file": (["run", "--out", "a_file", *TINY], "a_file"),
     "out not empty": (["run", "--out", "busy", *TINY], "busy"),
     "resume without config.yaml": (["run", "--resume", "--out", "busy"], "busy"),
-    "pickle as training state": (["run", "--resume", "--out", "run_pickle_state"], "current.safetensors"),
+    "pickle as training state": (["run", "--resume", "--out", "run_pickle_state"], "baseline-seed0-gen0.safetensors"),
     "pickle as checkpoint": (["run", "--resume", "--out", "run_pickle_ckpt"], "strict-seed0-gen0.safetensors"),
     "report of a non-run": (["report", "empty_dir"], "empty_dir"),
     "report of corrupt results": (["report", "run_bad_results"], "results.json"),

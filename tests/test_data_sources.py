@@ -22,7 +22,7 @@ from PIL import Image
 from kdgen.config import DataConfig
 from kdgen.data import load_source
 from kdgen.data.cifar import load_cifar100, restricted_loads
-from kdgen.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, read_idx
+from kdgen.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT
 from kdgen.data.imagefolder import ImageFolderDataset, random_resized_crop, scan_split
 from kdgen.errors import DataError
 

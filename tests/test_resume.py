@@ -61,7 +61,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
         resumed, original = load_state(out / "checkpoints" / checkpoint.name), load_state(checkpoint)
         assert resumed[1] == original[1] and resumed[0].keys() == original[0].keys()
         assert all(torch.equal(resumed[0][k], original[0][k]) for k in original[0])
-    assert not (out / "state" / "current.safetensors").exists()
+    assert not (out / "state").exists() and not (out / "records").exists()  # a finished run keeps neither
 
 
 @pytest.mark.slow
@@ -75,7 +75,7 @@ def test_signals_save_mid_epoch_state_and_resume_exactly(tmp_path):
         process.send_signal(sig)
         assert process.wait(timeout=120) == 130, process.stderr.read()
         assert "--resume" in process.stderr.read()
-        assert (out / "state" / "current.safetensors").exists()
+        assert any((out / "state").glob("*.safetensors"))
         process = start(out, "--resume")
     assert process.wait(timeout=300) == 0, process.stderr.read()
     assert (out / "results.json").read_bytes() == (reference / "results.json").read_bytes()

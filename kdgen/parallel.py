@@ -1,0 +1,323 @@
+"""Several processes under ``torchrun``: how ``runtime.parallel`` shares one run among them.
+
+torchrun starts N copies of the same command and tells each where it stands through the
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR/PORT``,
+single node or multi-node through its c10d rendezvous). :func:`start` joins them in one
+torch.distributed process group (NCCL when the run is on GPUs, gloo on CPUs) and returns the
+registered mode that decides what each process does:
+
+- ``none``: one process does everything (the default).
+- ``chains``: the (seed, arm) chains are shared out; each process trains its chains' units in
+  order and writes their checkpoints and records itself, so every file has one writer. Rank 0
+  writes config.yaml, merges results.json and writes the report.
+- ``data``: all processes train every unit together with DistributedDataParallel, each on its
+  share of every global batch; rank 0 writes every file.
+
+Decisions (did any rank fail a check? stop now? is everyone done?) travel over a separate gloo
+group with a long timeout: on GPUs they never synchronise the device, and a process that finishes
+its chains early can wait for the others for hours, still answering SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable, ClassVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from kdgen.errors import ConfigError, UserError
+
+# How long a process may wait for the others (e.g. for the last chain of a long run) before gloo gives up.
+WAIT_TIMEOUT = timedelta(days=30)
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+class PeerFailed(UserError):
+    """Another process reported a mistake (it printed the line); this one stops without repeating it."""
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where this process stands among the ones torchrun started."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Place":
+        """From torchrun's environment variables (one process when they are absent)."""
+        try:
+            values = {key: int(os.environ[key]) for key in ENV_KEYS if key in os.environ}
+        except ValueError:
+            raise UserError(f"torchrun environment: {', '.join(ENV_KEYS)} must be integers") from None
+        world = values.get("WORLD_SIZE", 1)
+        return cls(rank=values.get("RANK", 0), world_size=world, local_rank=values.get("LOCAL_RANK", 0),
+                   local_world_size=values.get("LOCAL_WORLD_SIZE", world))
+
+
+class ParallelMode:
+    """What one process does in a run shared by ``place.world_size`` processes (one process by default).
+
+    A mode answers: which chains does this process train (:meth:`assign`), does it write unit
+    files (:attr:`writes_units`), and how is one model trained and evaluated across the processes
+    (:meth:`prepare`, :meth:`local_batch`, :meth:`any_stop`, :meth:`epoch_totals`, :meth:`gather`).
+    The base class is the single-process behaviour.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(self, place: Place = Place(), control: dist.ProcessGroup | None = None, *,
+                 device: torch.device = torch.device("cpu"), sync_batchnorm: bool = True) -> None:
+        self.place = place
+        self.control = control  # gloo group for decisions; None in one process
+        self.device = device  # this process's device (cuda:LOCAL_RANK on GPUs)
+        self.sync_batchnorm = sync_batchnorm  # only the data mode has batches split over processes
+        self.owns_group = False
+
+    @property
+    def rank(self) -> int:
+        return self.place.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.place.world_size
+
+    @property
+    def is_leader(self) -> bool:
+        """Rank 0 writes config.yaml, results.json and the report, and prints the summary."""
+        return self.place.rank == 0
+
+    @property
+    def writes_units(self) -> bool:
+        """Whether this process writes the checkpoints, records and training states of the units it trains."""
+        return True
+
+    def assign(self, costs: list[int]) -> list[int]:
+        """Indices of the chains (whose remaining costs in steps are ``costs``) this process trains, in order."""
+        return list(range(len(costs)))
+
+    # One model's training.
+    def prepare(self, model: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
+        """The module to train ``model`` through, and a function to call when its training ends."""
+        return model, lambda: None
+
+    def local_batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of a global batch."""
+        return images, targets
+
+    def any_stop(self, requested: bool) -> bool:
+        """Whether any process was asked to stop (processes training one model stop at the same step)."""
+        return requested
+
+    def epoch_totals(self, sums: dict[str, torch.Tensor], first_bad: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """An epoch's loss sums and first non-finite step, over every process training the model."""
+        return sums, first_bad
+
+    def gather(self, predict: Callable[[object], torch.Tensor], split: object) -> torch.Tensor:
+        """``predict(split)`` (softmax outputs, on the CPU), computed by whichever processes share the model."""
+        return predict(split)
+
+    # Coordination.
+    def agree(self, error: UserError | None) -> None:
+        """Raise if this process or any other met a mistake; the others stop quietly (:class:`PeerFailed`)."""
+        if error is not None:
+            raise error
+
+    def leader_value(self, value: object) -> object:
+        """Rank 0's ``value``, on every process (e.g. the name of a new run folder)."""
+        return value
+
+    def wait_for_all(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
+        """Block until every process got here; return False early if ``stop_requested()`` turns true."""
+        return True
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+MODES: dict[str, type[ParallelMode]] = {}
+
+
+def register(cls: type[ParallelMode]) -> type[ParallelMode]:
+    MODES[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return list(MODES)
+
+
+@register
+class OneProcess(ParallelMode):
+    name = "none"
+    description = "one process trains every unit (the default)"
+
+
+class _Shared(ParallelMode):
+    """Behaviour common to the modes that run on several processes."""
+
+    def agree(self, error: UserError | None) -> None:
+        if self.control is None:
+            return super().agree(error)
+        messages: list[object] = [None] * self.world_size
+        dist.all_gather_object(messages, None if error is None else str(error), group=self.control)
+        if error is not None:
+            raise error
+        failed = [m for m in messages if m is not None]
+        if failed:
+            raise PeerFailed(f"another process stopped: {failed[0]}")
+
+    def leader_value(self, value: object) -> object:
+        if self.control is None:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def wait_for_all(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
+        if self.control is None:
+            return True
+        work = dist.barrier(group=self.control, async_op=True)
+        while not work.is_completed():
+            if stop_requested():
+                return False
+            time.sleep(0.05)
+        work.wait()
+        return True
+
+
+@register
+class Chains(_Shared):
+    name = "chains"
+    description = "each process trains whole (seed, arm) chains, spread over the processes"
+
+    def assign(self, costs: list[int]) -> list[int]:
+        """Longest chains first, each to the least-loaded process (deterministic: every rank computes the same)."""
+        loads = [0] * self.world_size
+        owner = [0] * len(costs)
+        for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+            rank = min(range(self.world_size), key=lambda r: (loads[r], r))
+            owner[index] = rank
+            loads[rank] += costs[index]
+        return [i for i in range(len(costs)) if owner[i] == self.rank]
+
+
+@register
+class DataParallel(_Shared):
+    name = "data"
+    description = "every model is trained by all processes (DistributedDataParallel), each on a share of every batch"
+
+    @property
+    def writes_units(self) -> bool:
+        return self.is_leader
+
+    def prepare(self, model: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
+        if self.world_size == 1:
+            return model, lambda: None
+        from torch.nn.parallel import DistributedDataParallel
+
+        from kdgen import sync_batchnorm
+
+        if self.sync_batchnorm:
+            sync_batchnorm.convert(model)  # statistics over the whole global batch, as in one process
+        # A 1-channel first conv's weight gradient is equally valid in either stride layout; DDP warns
+        # that it does not match its bucket's. Harmless (one copy), and noise on every run of grey images.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=device_ids)
+        return wrapped, lambda: sync_batchnorm.revert(model)
+
+    def local_batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.world_size == 1:
+            return images, targets
+        size = images.shape[0]
+        if size % self.world_size:
+            raise ConfigError(f"runtime.parallel=data: the batch of {size} does not split evenly over "
+                              f"{self.world_size} processes; make train.batch_size a multiple of {self.world_size}")
+        share = size // self.world_size
+        return images[self.rank * share:(self.rank + 1) * share], targets[self.rank * share:(self.rank + 1) * share]
+
+    def any_stop(self, requested: bool) -> bool:
+        if self.control is None:
+            return requested
+        flag = torch.tensor([int(requested)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.control)
+        return bool(flag.item())
+
+    def epoch_totals(self, sums: dict[str, torch.Tensor], first_bad: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if self.control is None:
+            return sums, first_bad
+        keys = sorted(sums)
+        packed = torch.stack([torch.as_tensor(sums[n], dtype=torch.float64).cpu() for n in keys]) \
+            if keys else torch.zeros(0, dtype=torch.float64)
+        dist.all_reduce(packed, group=self.control)
+        bad = first_bad.detach().cpu().clone()
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.control)
+        device = first_bad.device
+        return ({n: (packed[i] / self.world_size).to(device) for i, n in enumerate(keys)}, bad.to(device))
+
+    def gather(self, predict: Callable[[object], torch.Tensor], split: object) -> torch.Tensor:
+        """Each process predicts a contiguous share of the split; the shares are gathered in order."""
+        if self.control is None:
+            return predict(split)
+        total = len(split)  # type: ignore[arg-type]
+        bounds = [total * r // self.world_size for r in range(self.world_size + 1)]
+        mine = predict(shard(split, bounds[self.rank], bounds[self.rank + 1]))
+        longest = max(bounds[r + 1] - bounds[r] for r in range(self.world_size))
+        padded = torch.zeros(longest, *mine.shape[1:], dtype=mine.dtype)
+        padded[:len(mine)] = mine
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded, group=self.control)
+        return torch.cat([parts[r][:bounds[r + 1] - bounds[r]] for r in range(self.world_size)])
+
+
+def shard(split: object, start: int, stop: int) -> object:
+    """Examples ``start:stop`` of a resident or streaming split."""
+    from dataclasses import replace
+
+    from kdgen.data.base import Split
+
+    if isinstance(split, Split):
+        return Split(split.images[start:stop], split.labels[start:stop])
+    return replace(split, samples=split.samples[start:stop])  # type: ignore[type-var]
+
+
+def start(mode: str, device_name: str = "auto", *, sync_batchnorm: bool = True) -> ParallelMode:
+    """Join the processes torchrun started (if any) and return this process's ``runtime.parallel`` mode.
+
+    Under torchrun with more than one process, ``none`` is refused (every process would train the
+    whole run into the same folder). A parallel mode without torchrun runs as one process.
+    """
+    place = Place.from_env()
+    if mode not in MODES:
+        raise ConfigError(f"runtime.parallel: unknown mode {mode!r}; choose from {', '.join(names())}")
+    if place.world_size > 1 and mode == "none":
+        raise ConfigError(f"torchrun started {place.world_size} processes but runtime.parallel is 'none'; "
+                          "set runtime.parallel=chains (many models) or runtime.parallel=data (one model over all)")
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", place.local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda and place.world_size > 1:
+        torch.cuda.set_device(device)
+    if "OMP_NUM_THREADS" not in os.environ and place.local_world_size > 1:
+        # Share the cores among the processes of this node instead of each taking all of them.
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // place.local_world_size))
+    control = None
+    owns = False
+    if place.world_size > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+            owns = True
+        control = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+    instance = MODES[mode](place, control, device=device, sync_batchnorm=sync_batchnorm)
+    instance.owns_group = owns
+    return instance

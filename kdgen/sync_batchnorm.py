@@ -1,0 +1,88 @@
+"""BatchNorm whose batch statistics are taken over every rank's share of the batch.
+
+``nn.SyncBatchNorm`` refuses CPU tensors, and data-parallel runs on the CPU (gloo) are what kdgen
+tests with, so :class:`CrossRankBatchNorm` does the same job on any device: per-channel sums over
+the local batch, one autograd-aware ``all_reduce`` (its backward sums the gradients of every rank,
+as the forward summed the statistics), then the usual normalisation. A data-parallel step then
+sees the statistics a single process sees on the whole batch. :func:`convert` swaps it in for
+training, sharing the parameters and running buffers, and :func:`revert` puts plain BatchNorm
+back, so checkpoints, the frozen teacher and BatchNorm folding never see it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class CrossRankBatchNorm(_BatchNorm):
+    """BatchNorm (any dimensionality) with statistics reduced over ``group`` in training mode."""
+
+    def __init__(self, original: _BatchNorm, group: dist.ProcessGroup | None = None) -> None:
+        super().__init__(original.num_features, original.eps, original.momentum, original.affine,
+                         original.track_running_stats)
+        self.original_class = type(original)
+        self.group = group
+        # The same Parameter and buffer objects: training this module trains the original's.
+        self.weight, self.bias = original.weight, original.bias
+        self.running_mean, self.running_var = original.running_mean, original.running_var
+        self.num_batches_tracked = original.num_batches_tracked
+        self.train(original.training)
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(input)
+        dims = [d for d in range(input.dim()) if d != 1]
+        x = input.float()
+        count = torch.tensor(float(input.numel() // input.shape[1]), device=input.device)
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count.view(1)])
+        stats = dist_fn.all_reduce(stats, group=self.group or dist.group.WORLD)
+        channels = input.shape[1]
+        total = stats[-1]
+        mean = stats[:channels] / total
+        var = (stats[channels:2 * channels] / total - mean * mean).clamp_min(0.0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * total / (total - 1).clamp_min(1.0)
+                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(input.dtype)
+
+
+def convert(model: nn.Module, group: dist.ProcessGroup | None = None) -> nn.Module:
+    """Replace every BatchNorm of ``model`` (in place) by a :class:`CrossRankBatchNorm`; returns ``model``."""
+    for name, child in model.named_children():
+        if isinstance(child, _BatchNorm) and not isinstance(child, CrossRankBatchNorm):
+            setattr(model, name, CrossRankBatchNorm(child, group))
+        else:
+            convert(child, group)
+    return model
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Undo :func:`convert` (in place): plain BatchNorm modules holding the same tensors; returns ``model``."""
+    for name, child in model.named_children():
+        if isinstance(child, CrossRankBatchNorm):
+            plain = child.original_class(child.num_features, child.eps, child.momentum, child.affine,
+                                         child.track_running_stats)
+            plain.weight, plain.bias = child.weight, child.bias
+            plain.running_mean, plain.running_var = child.running_mean, child.running_var
+            plain.num_batches_tracked = child.num_batches_tracked
+            plain.train(child.training)
+            setattr(model, name, plain)
+        else:
+            revert(child)
+    return model

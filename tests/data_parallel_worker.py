@@ -1,0 +1,58 @@
+"""Run by tests/test_parallel.py, as one process or under torchrun: a few fp32 training steps of a tiny
+model in ``runtime.parallel=data`` mode, then the weights and a gathered evaluation, saved by rank 0.
+
+usage: python data_parallel_worker.py OUT.safetensors SYNC_BATCHNORM(0|1)
+"""
+
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+from kdgen import parallel
+from kdgen.augment import Normalizer
+from kdgen.config import TrainConfig
+from kdgen.data.base import AugmentSpec, DataBundle, Split
+from kdgen.metrics import predict_probs
+from kdgen.models import build
+from kdgen.objective import GenerationObjective
+from kdgen.runtime import Runtime
+from kdgen.train import freeze_teacher, train_generation
+
+
+def bundle() -> DataBundle:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (96, 1, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 4, (96,), generator=g)
+    split = Split(images[:64], labels[:64])
+    # 31 test images: the ranks' shares are uneven, as they are for most real splits
+    return DataBundle(train=split, val=Split(images[64:], labels[64:]), test=Split(images[65:], labels[65:]),
+                      mean=(0.5,), std=(0.25,), augment=AugmentSpec(translate=1),
+                      class_names=[str(i) for i in range(4)])
+
+
+def main() -> None:
+    out, sync = sys.argv[1], sys.argv[2] == "1"
+    mode = parallel.start("data", "cpu", sync_batchnorm=sync)
+    runtime = Runtime(precision="fp32", channels_last=False, parallel=mode)
+    data = bundle()
+    recipe = TrainConfig(epochs=2, batch_size=16, lr=0.1, warmup_epochs=0)
+    torch.manual_seed(0)
+    teacher = freeze_teacher(build("cnn-tiny", 4, 1))
+    torch.manual_seed(1)
+    model = build("cnn-tiny", 4, 1)
+    objective = GenerationObjective(distill_weight=0.5, temperature=2.0)
+    train_generation(model, data, recipe, objective, runtime, seed=3, teacher=teacher)
+    probs = mode.gather(lambda part: predict_probs(model, part, Normalizer(data.mean, data.std, runtime.device)),
+                        data.test)
+    if mode.is_leader:
+        tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+        tensors["probs"] = probs.contiguous()
+        tensors["bn_classes"] = torch.tensor([type(m).__name__ == "BatchNorm2d" for m in model.modules()
+                                              if "BatchNorm" in type(m).__name__])
+        save_file(tensors, out)
+    mode.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""torchrun: chains and data modes with 2 CPU processes over gloo, faults, and the pieces underneath.
+
+Every multi-process test launches ``python -m torch.distributed.run --standalone`` (torchrun) with
+tiny models. Every process runs one thread (OMP_NUM_THREADS=1, as torchrun sets it), and so do the
+one-process references: results then do not depend on how many threads split a convolution.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from kdgen import parallel
+from kdgen.checkpoint import save_model
+from kdgen.cli import main
+from kdgen.errors import ConfigError
+from kdgen.run_folder import RunFolder
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+TINY = ["data.name=synthetic", "data.num_train=256", "data.num_test=24", "data.image_size=8", "data.channels=1",
+        "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=2", "train.batch_size=16", "seeds=[0,1]",
+        "generations.count=1", "tolerance.k=3", "--no-progress"]
+WORKER = Path(__file__).with_name("data_parallel_worker.py")
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(nproc, *args, **popen):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    return subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
+
+
+def kdgen_run(out, *extra):
+    return subprocess.run([sys.executable, "-m", "kdgen", "run", "--out", str(out), *TINY, *extra], env=ONE_THREAD,
+                          capture_output=True, text=True)
+
+
+def finish(process, timeout=240):
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
+def checkpoints_equal(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in (a / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (b / "checkpoints").iterdir())
+    return all(all(torch.equal(x, load_file(b / "checkpoints" / n)[k]) for k, x in load_file(a / "checkpoints" / n).items())
+               for n in names)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process, the same config: what every multi-process run must reproduce."""
+    out = tmp_path_factory.mktemp("parallel") / "one"
+    done = kdgen_run(out)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_chains_on_two_processes_write_the_one_process_folder(tmp_path, reference):
+    out = tmp_path / "two"
+    code, stdout, stderr = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, "runtime.parallel=chains"))
+    assert code == 0, stderr
+    assert (out / "results.json").read_bytes() == (reference / "results.json").read_bytes()
+    assert checkpoints_equal(out, reference)
+    assert not (out / "records").exists() and not (out / "state").exists()
+    assert (out / "report.html").is_file()
+    assert stdout.count("kdgen: synthetic") == 1  # rank 0 alone speaks
+    assert json.loads((out / "timing.json").read_text())["processes"] == 2
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds worker processes through /proc")
+def test_a_killed_worker_fails_the_run_and_resume_finishes_it(tmp_path):
+    out = tmp_path / "killed"
+    longer = ["train.epochs=6"]  # time for the kill to land while units are in progress
+    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, *longer, "runtime.parallel=chains")
+    deadline = time.time() + 120
+    while not any((out / "records").glob("*.json")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before any unit could be killed"
+    workers = _children(process.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    code, _, stderr = finish(process)
+    assert code != 0
+    assert sum(line.startswith("kdgen:") for line in stderr.splitlines()) == 1, stderr  # one line from kdgen
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is False
+    recorded = {p.stem for p in (out / "records").glob("*.json")}
+    # nothing is marked done that is not: every record and every done unit has its checkpoint
+    assert set(results["done"]) <= recorded
+    assert all((out / "checkpoints" / f"{name}.safetensors").is_file() for name in recorded)
+    assert len(recorded) < 12
+
+    # resume with another process count (one), then compare with an uninterrupted run of this config
+    resumed = subprocess.run([sys.executable, "-m", "kdgen", "run", "--resume", "--out", str(out), "--no-progress"],
+                             env=ONE_THREAD, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    uninterrupted = kdgen_run(tmp_path / "uninterrupted", *longer)
+    assert uninterrupted.returncode == 0
+    assert (out / "results.json").read_bytes() == (tmp_path / "uninterrupted" / "results.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_with_saved_state(tmp_path):
+    out = tmp_path / "stopped"
+    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, "train.epochs=12", "runtime.parallel=chains")
+    deadline = time.time() + 120
+    while not any((out / "state").glob("*.safetensors")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    code, _, stderr = finish(process)
+    assert code != 0
+    lines = [line for line in stderr.splitlines() if line.startswith("kdgen:")]
+    assert len(lines) == 1 and "--resume" in lines[0], stderr
+    states = list((out / "state").glob("*.safetensors"))
+    assert states, "the units in progress saved their state"
+    resumed = torchrun(2, "-m", "kdgen", "run", "--resume", "--out", str(out), "--no-progress")
+    code, _, stderr = finish(resumed)
+    assert code == 0, stderr
+    uninterrupted = kdgen_run(tmp_path / "uninterrupted", "train.epochs=12")
+    assert uninterrupted.returncode == 0
+    assert (out / "results.json").read_bytes() == (tmp_path / "uninterrupted" / "results.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_data_mode_matches_one_process_weights(tmp_path):
+    """fp32, cross-rank BatchNorm: 2 processes end within 1e-5 of one process after 8 steps (float
+    rounding of split sums); without it, each rank's BatchNorm sees half a batch and the weights move
+    away by more than 1e-3. The evaluation gathered over the ranks equals one process's."""
+    one = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "one.st"), "1"], env=ONE_THREAD,
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    for sync in ("1", "0"):
+        code, _, stderr = finish(torchrun(2, str(WORKER), str(tmp_path / f"two{sync}.st"), sync))
+        assert code == 0, stderr
+    reference, synced, unsynced = (load_file(tmp_path / name) for name in ("one.st", "two1.st", "two0.st"))
+    difference = {k: float((reference[k].double() - synced[k].double()).abs().max()) for k in reference}
+    assert max(difference.values()) < 1e-5, difference
+    assert max(float((reference[k].double() - unsynced[k].double()).abs().max()) for k in reference) > 1e-3
+    assert bool(synced["bn_classes"].all())  # plain BatchNorm again after training (folding, checkpoints)
+
+
+@pytest.mark.slow
+def test_data_mode_run_completes_with_rank_zero_writing(tmp_path, reference):
+    out = tmp_path / "data"
+    code, stdout, stderr = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, "runtime.parallel=data",
+                                           "runtime.precision=fp32"))
+    assert code == 0, stderr
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == len(json.loads((reference / "results.json").read_text())["rows"])
+    assert not (out / "records").exists()
+    assert stdout.count("kdgen: synthetic") == 1
+
+
+def test_a_mistake_under_torchrun_is_one_line_from_rank_zero(tmp_path):
+    code, _, stderr = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(tmp_path / "x"), *TINY))  # parallel none
+    assert code != 0
+    lines = [line for line in stderr.splitlines() if line.startswith("kdgen:")]
+    assert len(lines) == 1 and "runtime.parallel" in lines[0], stderr
+
+
+def test_chains_are_shared_out_longest_first_and_completely():
+    costs = [5, 1, 3, 3, 8, 2]
+    shares = [parallel.Chains(parallel.Place(rank=r, world_size=3)).assign(costs) for r in range(3)]
+    assert sorted(i for share in shares for i in share) == list(range(6))
+    assert [sum(costs[i] for i in share) for share in shares] == [8, 7, 7]
+    assert all(share == sorted(share) for share in shares)  # each process keeps the run's order
+
+
+def test_one_process_mode_is_refused_under_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="runtime.parallel=chains"):
+        parallel.start("none", "cpu")
+
+
+def test_unknown_mode_and_sweep_under_torchrun_are_refused(monkeypatch, capsys):
+    assert main(["config", "runtime.parallel=pipeline"]) == 2
+    assert "chains" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sweep", "--grid", "tolerance.eta=0,1", "--out", "nowhere"]) == 2
+    assert "one process" in capsys.readouterr().err
+
+
+def test_records_merge_in_training_order_whoever_finished_first(tmp_path):
+    order = ["a-seed0-gen0", "a-seed0-gen1", "b-seed0-gen0"]
+    row = lambda arm, g: {"arm": arm, "seed": 0, "generation": g, "kind": "single", "split": "test"}  # noqa: E731
+    worker = RunFolder(tmp_path, order=order, leader=False)
+    worker._mark_done("b-seed0-gen0", [row("b", 0)], None)
+    assert not (tmp_path / "results.json").exists()  # only the leader writes it
+    leader = RunFolder(tmp_path, order=order, leader=True)
+    leader._mark_done("a-seed0-gen1", [row("a", 1)], None)
+    leader._mark_done("a-seed0-gen0", [row("a", 0)], {"x": 1})
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["done"] == order and [r["arm"] for r in saved["rows"]] == ["a", "a", "b"]
+    assert [r["generation"] for r in saved["rows"]] == [0, 1, 0]
+    for name in order:  # resume reads every finished unit's checkpoint header
+        save_model(torch.nn.Linear(1, 1), leader.checkpoint_path(name), {})
+    resumed = RunFolder(tmp_path, resume=True, order=order)
+    assert resumed.done == order and resumed.rows == saved["rows"]
