@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from kdgen.config import load_config
+    from kdgen.parallel import PeerLost
     from kdgen.runner import run_experiment
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
@@ -118,13 +119,13 @@ def _run(args: argparse.Namespace) -> int:
 
             cache = UnitCache(args.units)
         run_experiment(cfg, out, resume=args.resume, unit_cache=cache, stop=stop)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, PeerLost) as exc:
         where = f" --out {out}" if out is not None else ""
         if _rank() == 0:  # under torchrun every process stops; one line says so
             how = "the same torchrun command plus" if "RANK" in os.environ else "kdgen run"
-            print(f"kdgen: interrupted; the training state is saved: continue with {how} --resume{where}",
-                  file=sys.stderr)
-        return 130
+            what = f"error: {exc}" if isinstance(exc, PeerLost) else "interrupted; the training state is saved"
+            print(f"kdgen: {what}: continue with {how} --resume{where}", file=sys.stderr)
+        return 1 if isinstance(exc, PeerLost) else 130
     finally:
         restore_handlers()
     return 0

@@ -21,6 +21,7 @@ its chains early can wait for the others for hours, still answering SIGTERM.
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,25 @@ ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 class PeerFailed(UserError):
     """Another process reported a mistake (it printed the line); this one stops without repeating it."""
+
+
+class PeerLost(Exception):
+    """A collective failed because another process is gone (killed, out of memory, a lost node)."""
+
+
+def is_peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a torch.distributed failure to reach another process (gloo raises plain
+    RuntimeErrors naming its transport; NCCL and the c10d store raise ``DistError``s)."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and "gloo" in text and ("peer" in text or "Connection" in text)
+
+
+def peer_failure_summary(exc: BaseException) -> str:
+    """The first sentence of a transport error, without its source location: "Connection closed by peer ..."."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return text.split(". ")[0][:160]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
 from kdgen.generations import GenerationsRunner, units
-from kdgen.parallel import ParallelMode
+from kdgen.parallel import ParallelMode, PeerLost, is_peer_lost, peer_failure_summary
 from kdgen.report import build_report, console_summary
 from kdgen.run_folder import (Row, RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
                               saved_config, write_config)
@@ -172,10 +172,15 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
         # Processes whose chains are done wait for the others (still answering a stop signal).
         if not parallel.wait_for_all(lambda: stop is not None and stop.requested):
             raise TrainingInterrupted("stopped while waiting for the other processes")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not (parallel.world_size > 1 and is_peer_lost(exc)):
+            raise
         if folder is not None and leader:
             folder.refresh()  # results.json with what every process finished, for kdgen report
             folder.write_results(complete=False)
+        if isinstance(exc, RuntimeError):
+            raise PeerLost(f"lost contact with another process ({peer_failure_summary(exc)}); every finished "
+                           "unit and the last saved training states are kept") from None
         raise
     wall = time.perf_counter() - start
     if folder is not None and leader:

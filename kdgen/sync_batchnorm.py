@@ -2,8 +2,8 @@
 
 ``nn.SyncBatchNorm`` refuses CPU tensors, and data-parallel runs on the CPU (gloo) are what kdgen
 tests with, so :class:`CrossRankBatchNorm` does the same job on any device: per-channel sums over
-the local batch, one autograd-aware ``all_reduce`` (its backward sums the gradients of every rank,
-as the forward summed the statistics), then the usual normalisation. A data-parallel step then
+the local batch, one ``all_reduce`` that autograd sees through (its backward sums the gradients of
+every rank, as the forward summed the statistics), then the usual normalisation. A data-parallel step then
 sees the statistics a single process sees on the whole batch. :func:`convert` swaps it in for
 training, sharing the parameters and running buffers, and :func:`revert` puts plain BatchNorm
 back, so checkpoints, the frozen teacher and BatchNorm folding never see it.
@@ -13,9 +13,26 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """``all_reduce(SUM)`` that autograd sees through: the gradient of a sum over ranks is the sum
+    of every rank's gradient (each rank's loss used the same total)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        total = tensor.clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        total = grad.clone()
+        dist.all_reduce(total, group=ctx.group)
+        return total, None
 
 
 class CrossRankBatchNorm(_BatchNorm):
@@ -43,7 +60,7 @@ class CrossRankBatchNorm(_BatchNorm):
         x = input.float()
         count = torch.tensor(float(input.numel() // input.shape[1]), device=input.device)
         stats = torch.cat([x.sum(dims), (x * x).sum(dims), count.view(1)])
-        stats = dist_fn.all_reduce(stats, group=self.group or dist.group.WORLD)
+        stats = _SumOverRanks.apply(stats, self.group or dist.group.WORLD)
         channels = input.shape[1]
         total = stats[-1]
         mean = stats[:channels] / total

@@ -169,6 +169,55 @@ def test_data_mode_run_completes_with_rank_zero_writing(tmp_path, reference):
     assert stdout.count("kdgen: synthetic") == 1
 
 
+@pytest.mark.slow
+def test_data_mode_stopped_and_resumed_equals_uninterrupted(tmp_path):
+    """SIGTERM in data mode: the ranks agree on the step, rank 0 saves the state, and a resumed
+    2-process run ends with the rows of an uninterrupted 2-process run (gloo's sums are deterministic)."""
+    args = [*TINY, "runtime.parallel=data", "runtime.precision=fp32", "seeds=[0]", "train.epochs=8"]
+    full = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(tmp_path / "full"), *args))
+    assert full[0] == 0, full[2]
+    out = tmp_path / "stopped"
+    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *args)
+    deadline = time.time() + 120
+    while not any((out / "state").glob("*.safetensors")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    code, _, stderr = finish(process)
+    assert code != 0 and any((out / "state").glob("*.safetensors")), stderr
+    assert sum(line.startswith("kdgen:") for line in stderr.splitlines()) == 1, stderr
+    code, _, stderr = finish(torchrun(2, "-m", "kdgen", "run", "--resume", "--out", str(out), "--no-progress"))
+    assert code == 0, stderr
+    assert (out / "results.json").read_bytes() == (tmp_path / "full" / "results.json").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds worker processes through /proc")
+def test_data_mode_worker_killed_is_one_line_and_resumable(tmp_path):
+    out = tmp_path / "killed"
+    args = [*TINY, "runtime.parallel=data", "runtime.precision=fp32", "seeds=[0]", "train.epochs=8"]
+    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *args)
+    deadline = time.time() + 120
+    while not any((out / "state").glob("*.safetensors")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(_children(process.pid)[1], signal.SIGKILL)
+    code, _, stderr = finish(process)
+    assert code != 0
+    lines = [line for line in stderr.splitlines() if line.startswith("kdgen:")]
+    assert len(lines) == 1 and "--resume" in lines[0], stderr
+    assert "[rank0]" not in stderr  # no traceback from the surviving process
+    code, _, stderr = finish(torchrun(2, "-m", "kdgen", "run", "--resume", "--out", str(out), "--no-progress"))
+    assert code == 0, stderr
+    assert json.loads((out / "results.json").read_text())["complete"] is True
+
+
+def test_peer_failures_are_recognised_and_summarised():
+    gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[127.0.0.1]:8861. This is typically caused by a remote worker hanging")
+    assert parallel.is_peer_lost(gloo)
+    assert parallel.peer_failure_summary(gloo) == "Connection closed by peer [127.0.0.1]:8861"
+    assert not parallel.is_peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
 def test_a_mistake_under_torchrun_is_one_line_from_rank_zero(tmp_path):
     code, _, stderr = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(tmp_path / "x"), *TINY))  # parallel none
     assert code != 0
