@@ -50,6 +50,13 @@ def finish(process, timeout=240):
     return process.returncode, stdout, stderr
 
 
+def wait_for(process, folder: Path, pattern: str, timeout: float = 120) -> None:
+    """Until a file matching ``pattern`` appears in ``folder`` (a unit finished, or saved its state)."""
+    deadline = time.time() + timeout
+    while not any(folder.glob(pattern)) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+
+
 def checkpoints_equal(a: Path, b: Path) -> bool:
     names = sorted(p.name for p in (a / "checkpoints").iterdir())
     assert names == sorted(p.name for p in (b / "checkpoints").iterdir())
@@ -90,9 +97,7 @@ def test_a_killed_worker_fails_the_run_and_resume_finishes_it(tmp_path):
     out = tmp_path / "killed"
     longer = ["train.epochs=6"]  # time for the kill to land while units are in progress
     process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, *longer, "runtime.parallel=chains")
-    deadline = time.time() + 120
-    while not any((out / "records").glob("*.json")) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
+    wait_for(process, out / "records", "*.json")
     assert process.poll() is None, "the run ended before any unit could be killed"
     workers = _children(process.pid)
     assert len(workers) == 2
@@ -121,9 +126,7 @@ def test_a_killed_worker_fails_the_run_and_resume_finishes_it(tmp_path):
 def test_sigterm_to_torchrun_stops_every_rank_with_saved_state(tmp_path):
     out = tmp_path / "stopped"
     process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, "train.epochs=12", "runtime.parallel=chains")
-    deadline = time.time() + 120
-    while not any((out / "state").glob("*.safetensors")) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
+    wait_for(process, out / "state", "*.safetensors")
     process.send_signal(signal.SIGTERM)
     code, _, stderr = finish(process)
     assert code != 0
@@ -173,14 +176,13 @@ def test_data_mode_run_completes_with_rank_zero_writing(tmp_path, reference):
 def test_data_mode_stopped_and_resumed_equals_uninterrupted(tmp_path):
     """SIGTERM in data mode: the ranks agree on the step, rank 0 saves the state, and a resumed
     2-process run ends with the rows of an uninterrupted 2-process run (gloo's sums are deterministic)."""
-    args = [*TINY, "runtime.parallel=data", "runtime.precision=fp32", "seeds=[0]", "train.epochs=8"]
+    args = [*TINY, "runtime.parallel=data", "runtime.precision=fp32", "seeds=[0]", "generations.arms=[strict]",
+            "train.epochs=6"]
     full = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(tmp_path / "full"), *args))
     assert full[0] == 0, full[2]
     out = tmp_path / "stopped"
     process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *args)
-    deadline = time.time() + 120
-    while not any((out / "state").glob("*.safetensors")) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
+    wait_for(process, out / "state", "*.safetensors")
     process.send_signal(signal.SIGTERM)
     code, _, stderr = finish(process)
     assert code != 0 and any((out / "state").glob("*.safetensors")), stderr
@@ -194,11 +196,10 @@ def test_data_mode_stopped_and_resumed_equals_uninterrupted(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds worker processes through /proc")
 def test_data_mode_worker_killed_is_one_line_and_resumable(tmp_path):
     out = tmp_path / "killed"
-    args = [*TINY, "runtime.parallel=data", "runtime.precision=fp32", "seeds=[0]", "train.epochs=8"]
+    args = [*TINY, "runtime.parallel=data", "runtime.precision=fp32", "seeds=[0]", "generations.arms=[strict]",
+            "train.epochs=6"]
     process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *args)
-    deadline = time.time() + 120
-    while not any((out / "state").glob("*.safetensors")) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
+    wait_for(process, out / "state", "*.safetensors")
     os.kill(_children(process.pid)[1], signal.SIGKILL)
     code, _, stderr = finish(process)
     assert code != 0

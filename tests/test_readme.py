@@ -19,3 +19,28 @@ def test_readme_commands_match_ci():
     ci = (root / ".ci" / "run").read_text(encoding="utf-8")
     test_command = 'python3 -m pip install -q torch==2.13.0 -e ".[test]" && python3 -m pytest'
     assert test_command in readme and test_command in ci
+
+
+def test_readme_torchrun_commands_name_real_configs_and_keys(monkeypatch, capsys):
+    """Every `torchrun ... -m kdgen run ...` in README resolves: its config file exists and its overrides are keys."""
+    import shlex
+
+    from kdgen.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = [line for line in text.splitlines() if "torchrun" in line and "-m kdgen run" in line]
+    assert len(commands) >= 3  # one node, several nodes, Slurm
+    monkeypatch.chdir(root)
+    for line in commands:
+        words = shlex.split(line.split("-m kdgen run", 1)[1])
+        args, skip = [], False
+        for word in words:
+            if skip:
+                skip = False
+            elif word == "--out":
+                skip = True
+            elif word != "--resume":
+                args.append(word)
+        assert main(["config", *args]) == 0, line
+        assert "parallel:" in capsys.readouterr().out
