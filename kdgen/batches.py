@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from kdgen.augment import augment
 from kdgen.data.base import AnySplit, AugmentSpec, Split
+from kdgen.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -28,7 +29,7 @@ class TrainBatches:
     """One epoch of shuffled, augmented uint8 batches per iteration, driven by ``generator``."""
 
     def __init__(self, split: AnySplit, spec: AugmentSpec, batch_size: int, device: torch.device,
-                 generator: torch.Generator, workers: int = 0) -> None:
+                 generator: torch.Generator, workers: int = 0, share: tuple[int, int] = (0, 1)) -> None:
         self.split = split
         self.spec = spec
         self.batch_size = min(batch_size, len(split))
@@ -36,6 +37,12 @@ class TrainBatches:
         self.generator = generator
         self.workers = workers
         self.steps = steps_per_epoch(len(split), batch_size)
+        # (index, count): yield only share ``index`` of ``count`` equal parts of every global batch
+        # (runtime.parallel=data: one part per process; the global batches stay those of one process).
+        self.share = share
+        if self.batch_size % share[1]:
+            raise ConfigError(f"runtime.parallel=data: a batch of {self.batch_size} does not split evenly over "
+                              f"{share[1]} processes; make train.batch_size a multiple of {share[1]}")
         if isinstance(split, Split):
             # Moved once per generation, then only indexed.
             self.images = split.images.to(device)
@@ -50,16 +57,42 @@ class TrainBatches:
             order = order.to(self.device)
             for step in range(self.steps):
                 index = order[step * self.batch_size:(step + 1) * self.batch_size]
-                yield augment(self.images[index], self.spec, self.generator), self.labels[index]
+                # The whole global batch is augmented (the same random draws as one process), then shared.
+                images = augment(self.images[index], self.spec, self.generator)
+                yield self._mine(images), self._mine(self.labels[index])
             return
         # Streaming: the loader's own CPU generator is seeded from ours, so the order and the
-        # workers' augmentation seeds are reproducible.
+        # workers' augmentation seeds are reproducible. The batch sampler is the one DataLoader builds
+        # for shuffle=True; each process decodes only its share of every batch.
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
-        loader = DataLoader(self.split.dataset(), batch_size=self.batch_size, shuffle=True, drop_last=True,
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+        dataset = self.split.dataset()
+        loader_generator = torch.Generator().manual_seed(seed)
+        global_batches = BatchSampler(RandomSampler(dataset, generator=loader_generator), self.batch_size, drop_last=True)
+        loader = DataLoader(dataset, batch_sampler=_Share(global_batches, *self.share), num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda", generator=loader_generator, persistent_workers=False)
         for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+    def _mine(self, batch: torch.Tensor) -> torch.Tensor:
+        index, count = self.share
+        size = len(batch) // count
+        return batch[index * size:(index + 1) * size] if count > 1 else batch
+
+
+class _Share:
+    """Share ``index`` of ``count`` equal parts of every batch of a batch sampler."""
+
+    def __init__(self, batches: BatchSampler, index: int, count: int) -> None:
+        self.batches, self.index, self.count = batches, index, count
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            size = len(batch) // self.count
+            yield batch[self.index * size:(self.index + 1) * size]
 
 
 def eval_batches(split: AnySplit, batch_size: int, device: torch.device, workers: int = 0) -> Iterator[Batch]:

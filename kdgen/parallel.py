@@ -88,7 +88,7 @@ class ParallelMode:
 
     A mode answers: which chains does this process train (:meth:`assign`), does it write unit
     files (:attr:`writes_units`), and how is one model trained and evaluated across the processes
-    (:meth:`prepare`, :meth:`local_batch`, :meth:`any_stop`, :meth:`epoch_totals`, :meth:`gather`).
+    (:meth:`prepare`, :attr:`batch_share`, :meth:`any_stop`, :meth:`epoch_totals`, :meth:`gather`).
     The base class is the single-process behaviour.
     """
 
@@ -130,9 +130,10 @@ class ParallelMode:
         """The module to train ``model`` through, and a function to call when its training ends."""
         return model, lambda: None
 
-    def local_batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's share of a global batch."""
-        return images, targets
+    @property
+    def batch_share(self) -> tuple[int, int]:
+        """(index, count): this process trains on part ``index`` of ``count`` equal parts of every batch."""
+        return 0, 1
 
     def any_stop(self, requested: bool) -> bool:
         """Whether any process was asked to stop (processes training one model stop at the same step)."""
@@ -257,15 +258,9 @@ class DataParallel(_Shared):
         wrapped = DistributedDataParallel(model, device_ids=device_ids)
         return wrapped, lambda: sync_batchnorm.revert(model)
 
-    def local_batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.world_size == 1:
-            return images, targets
-        size = images.shape[0]
-        if size % self.world_size:
-            raise ConfigError(f"runtime.parallel=data: the batch of {size} does not split evenly over "
-                              f"{self.world_size} processes; make train.batch_size a multiple of {self.world_size}")
-        share = size // self.world_size
-        return images[self.rank * share:(self.rank + 1) * share], targets[self.rank * share:(self.rank + 1) * share]
+    @property
+    def batch_share(self) -> tuple[int, int]:
+        return self.rank, self.world_size
 
     def any_stop(self, requested: bool) -> bool:
         if self.control is None:

@@ -130,6 +130,10 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
         check_against_data(cfg, data, data_name)
         if out is None and parallel.world_size > 1 and parallel.name == "chains":
             raise ConfigError("runtime.parallel=chains needs a run folder (out_dir) to collect the processes' results")
+        parts = parallel.batch_share[1]
+        if min(cfg.train.batch_size, len(data.train)) % parts:
+            raise ConfigError(f"runtime.parallel=data: train.batch_size {cfg.train.batch_size} does not split evenly "
+                              f"over {parts} processes; make it a multiple of {parts}")
         runtime = Runtime.from_config(cfg.runtime, parallel)
         # config.yaml records what actually runs: the precision and K that "auto" means here.
         resolved = resolve_k(cfg.model_copy(update={"runtime": cfg.runtime.model_copy(

@@ -156,7 +156,8 @@ def train_generation(
         teach = maybe_compile(fold_batchnorm(teacher).to(device, memory_format=memory_format), runtime.compile)
     normalize = Normalizer(data.mean, data.std, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    batches = TrainBatches(data.train, data.augment, recipe.batch_size, device, generator, runtime.workers)
+    batches = TrainBatches(data.train, data.augment, recipe.batch_size, device, generator, runtime.workers,
+                           share=parallel.batch_share)
     steps = len(batches)
     optimizer = make_optimizer(model, recipe)
     schedule = make_schedule(optimizer, recipe, steps)
@@ -184,8 +185,6 @@ def train_generation(
                 hooks.on_state(capture(where, epoch, model, optimizer, schedule, epoch_generator_state, result.history,
                                  step=step, loss_sums=sums, first_bad_step=int(first_bad_step)))
                 raise TrainingInterrupted(f"{where}: stopped in epoch {epoch + 1} after step {step}")
-            # Every process draws the whole global batch (same order, same augmentation), then keeps its share.
-            images, targets = parallel.local_batch(images, targets)
             inputs = normalize(images).contiguous(memory_format=memory_format)
             teacher_logits = None
             if teach is not None:

@@ -219,11 +219,53 @@ def test_peer_failures_are_recognised_and_summarised():
     assert not parallel.is_peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
-def test_a_mistake_under_torchrun_is_one_line_from_rank_zero(tmp_path):
-    code, _, stderr = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(tmp_path / "x"), *TINY))  # parallel none
+@pytest.mark.parametrize("mistake, named", [([], "runtime.parallel"),
+                                            (["runtime.parallel=data", "train.batch_size=15"], "multiple of 2")])
+def test_a_mistake_under_torchrun_is_one_line_from_rank_zero(tmp_path, mistake, named):
+    code, _, stderr = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(tmp_path / "x"), *TINY, *mistake))
     assert code != 0
     lines = [line for line in stderr.splitlines() if line.startswith("kdgen:")]
-    assert len(lines) == 1 and "runtime.parallel" in lines[0], stderr
+    assert len(lines) == 1 and named in lines[0], stderr
+    assert not (tmp_path / "x").exists()  # found before anything was written
+
+
+class _Numbered(torch.utils.data.Dataset):
+    """Image i is filled with i: a batch shows which samples it holds."""
+
+    def __init__(self, samples, train):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return torch.full((1, 2, 2), self.samples[i][0], dtype=torch.uint8), self.samples[i][1]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_data_mode_shares_are_the_one_process_batches(streaming):
+    """Each process gets its part of every global batch (resident: augmented as one process would;
+    streaming: only its part is decoded), and the parts make up one process's batches."""
+    from kdgen.batches import TrainBatches
+    from kdgen.data.base import AugmentSpec, Split, StreamingSplit
+
+    samples = [(i, i % 4) for i in range(40)]
+    split = StreamingSplit(samples, _Numbered) if streaming else \
+        Split(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous(),
+              torch.tensor([s[1] for s in samples]))
+    spec = AugmentSpec() if streaming else AugmentSpec(translate=1)
+
+    def epoch(share):
+        batches = TrainBatches(split, spec, 8, torch.device("cpu"), torch.Generator().manual_seed(5), share=share)
+        return [(images, labels) for images, labels in batches]
+
+    whole, first, second = epoch((0, 1)), epoch((0, 2)), epoch((1, 2))
+    assert len(whole) == len(first) == len(second) == 5
+    for (images, labels), (a, la), (b, lb) in zip(whole, first, second):
+        assert len(a) == len(b) == 4
+        assert torch.equal(torch.cat([a, b]), images) and torch.equal(torch.cat([la, lb]), labels)
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        TrainBatches(split, spec, 8, torch.device("cpu"), torch.Generator(), share=(0, 3))
 
 
 def test_chains_are_shared_out_longest_first_and_completely():
