@@ -219,6 +219,33 @@ def test_peer_failures_are_recognised_and_summarised():
     assert not parallel.is_peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
+API_SCRIPT = """
+import sys, torch
+from torch import nn
+import kdgen
+g = torch.Generator().manual_seed(0)
+labels = torch.arange(200) % 4
+images = (labels.view(-1, 1, 1, 1) * 50 + torch.randint(0, 60, (200, 1, 8, 8), generator=g)).to(torch.uint8)
+data = kdgen.bundle_from_tensors(images[:160], labels[:160], images[160:], labels[160:], val_fraction=0.25)
+cfg = kdgen.Config(seeds=[0, 1], generations={"count": 1}, train={"epochs": 2, "batch_size": 32},
+                   tolerance={"k": 2}, log={"progress": False}, runtime={"parallel": "chains"})
+make = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4))
+kdgen.train_generations(make, data, cfg, out_dir=sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_python_api_under_torchrun_chains_equals_one_process(tmp_path):
+    script = tmp_path / "api.py"
+    script.write_text(API_SCRIPT)
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=ONE_THREAD, capture_output=True,
+                         text=True)
+    assert one.returncode == 0, one.stderr
+    code, _, stderr = finish(torchrun(2, str(script), str(tmp_path / "two")))
+    assert code == 0, stderr
+    assert (tmp_path / "two" / "results.json").read_bytes() == (tmp_path / "one" / "results.json").read_bytes()
+
+
 @pytest.mark.parametrize("mistake, named", [([], "runtime.parallel"),
                                             (["runtime.parallel=data", "train.batch_size=15"], "multiple of 2")])
 def test_a_mistake_under_torchrun_is_one_line_from_rank_zero(tmp_path, mistake, named):
