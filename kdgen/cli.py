@@ -1,4 +1,4 @@
-"""Command line: ``kdgen run``, ``kdgen report``, ``kdgen models``, ``kdgen sources``.
+"""Command line: ``kdgen run``, ``report``, ``sweep``, ``predict``, ``arms``, ``models``, ``sources``, ``config``.
 
 User mistakes (:class:`~kdgen.errors.UserError`) print one line on stderr and exit 2; anything
 else is an internal failure with a traceback and exit code 1.
@@ -23,6 +23,7 @@ EPILOG = """examples:
   kdgen run --config configs/fashion-mnist.yaml --out runs/fmnist
   kdgen run train.epochs=2 tolerance.eta=0.5 seeds=[0,1]
   kdgen report runs/fmnist
+  kdgen predict runs/fmnist images/ --which ensemble:tolerant/0 --out predictions.csv
   kdgen sweep --config configs/fashion-mnist-converged.yaml --grid tolerance.eta=0,0.1,0.2,0.4 --out sweeps/eta
 """
 
@@ -86,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "the same one share trained units, also while running side by side")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar (same as log.progress=false)")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides for every point")
+
+    predict = commands.add_parser("predict", help="classify images with a trained model of a run (CSV: file, class, probability)",
+                                  description="Classify image files (or every image in the folders given) with a model "
+                                  "of RUN, and write a CSV of file, class and probability to stdout or --out FILE.")
+    predict.add_argument("run_dir", type=Path, metavar="RUN")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
+    predict.add_argument("--which", default="best", metavar="best|ARM/SEED/GEN|ensemble:ARM/SEED",
+                         help="the model: best (chosen on val; default), one unit such as tolerant/0/2, or an arm's "
+                         "ensemble of generations such as ensemble:tolerant/0")
+    predict.add_argument("--out", type=Path, metavar="FILE", help="CSV file to write (a new file; default stdout)")
 
     commands.add_parser("arms", help="list the registered arms, with what each does")
     commands.add_parser("models", help="list the registered model names")
@@ -184,6 +195,18 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from kdgen.inference import predict
+
+    if args.out is not None and args.out.exists():
+        raise UserError(f"--out {str(args.out)!r} exists; kdgen does not overwrite it (choose a new file)")
+    try:
+        predict(args.run_dir, args.images, args.which, args.out)
+    except BrokenPipeError:  # `kdgen predict ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -233,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "config":
             return _config(args)
+        if args.command == "predict":
+            return _predict(args)
         if args.command == "arms":
             from kdgen import arms
 

@@ -26,6 +26,7 @@ from kdgen.checkpoint import load_model
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
+from kdgen.inference import example_shape
 from kdgen.metrics import classification_metrics, predict_probs, soft_confusion
 from kdgen.resume import EpochState
 from kdgen.run_folder import Row, RunFolder, unit_name
@@ -95,6 +96,7 @@ class GenerationsRunner:
         self.normalize = Normalizer(data.mean, data.std, self.runtime.device)
         self.steps_per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
         self.writer = None
+        self.image_shape: list[int] | None = None  # (C, H, W) of evaluation images, for checkpoint metadata
         if cfg.log.tensorboard and folder is not None and self.runtime.parallel.writes_units:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -184,9 +186,14 @@ class GenerationsRunner:
             self.folder.adopt_unit(unit.name, hit.checkpoint, rows, extras)
             return
         assert model is not None
+        if self.image_shape is None:
+            self.image_shape = list(example_shape(self.data.test if len(self.data.test) else self.data.train))
+        # Everything kdgen.load needs to use the model on uint8 images, without the data.
         self.folder.finish_unit(unit.name, model, {
             "arm": unit.arm, "seed": unit.seed, "generation": unit.generation, "model": self.model_name,
-            "num_classes": self.data.num_classes, "in_channels": self.data.channels}, rows, extras)
+            "num_classes": self.data.num_classes, "in_channels": self.data.channels, "mean": list(self.data.mean),
+            "std": list(self.data.std), "class_names": list(self.data.class_names), "image_shape": self.image_shape},
+            rows, extras)
         if self.unit_cache is not None:
             self.unit_cache.put(self.cfg, unit.arm, unit.seed, unit.generation, self.folder.checkpoint_path(unit.name),
                                 rows, extras)

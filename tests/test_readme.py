@@ -44,3 +44,20 @@ def test_readme_torchrun_commands_name_real_configs_and_keys(monkeypatch, capsys
                 args.append(word)
         assert main(["config", *args]) == 0, line
         assert "parallel:" in capsys.readouterr().out
+
+
+def test_readme_load_example_runs_on_a_fresh_run(tmp_path, capsys):
+    from kdgen.cli import main
+
+    run = tmp_path / "run"
+    assert main(["run", "--out", str(run), "data.name=synthetic", "data.num_train=128", "data.num_test=16",
+                 "data.image_size=8", "data.channels=1", "data.num_classes=4", "model.name=cnn-tiny",
+                 "train.epochs=1", "train.batch_size=16", "seeds=[0]", "generations.count=2", "tolerance.k=3",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Using a trained model", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1).replace("runs/fmnist", str(run))
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("['class") and printed.count("class") == 8
