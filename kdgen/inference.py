@@ -28,10 +28,14 @@ class Classifier(nn.Module):
 
     ``members`` are one model, or the generations of an ensemble whose softmax outputs are averaged.
     ``class_names[i]`` names output ``i``; ``image_shape`` is the ``(C, H, W)`` the models were trained on.
+    The forward pass is the run's own evaluation: BatchNorm folded into the convolutions, in
+    ``precision`` (``bf16`` autocast or ``fp32``) and ``channels_last`` as recorded, so a model gives
+    the classes its run reported (bf16 rounding depends on the folding).
     """
 
     def __init__(self, members: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float],
-                 class_names: Sequence[str], image_shape: Sequence[int]) -> None:
+                 class_names: Sequence[str], image_shape: Sequence[int], *, precision: str = "fp32",
+                 channels_last: bool = False) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         std_t = torch.tensor(std, dtype=torch.float32)
@@ -39,13 +43,26 @@ class Classifier(nn.Module):
         self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1))
         self.class_names = list(class_names)
         self.image_shape = tuple(int(s) for s in image_shape)
+        self.precision = precision
+        self.channels_last = channels_last
+        self._folded: list[nn.Module] | None = None  # BatchNorm-folded copies, made on first use
         self.eval()
 
+    def _apply(self, fn: Any, recurse: bool = True) -> "Classifier":
+        self._folded = None  # moved or cast: fold again from the members
+        return super()._apply(fn, recurse)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from kdgen.fast import fold_batchnorm
+        from kdgen.runtime import memory_format
+
         if images.dtype != torch.uint8:
             raise TypeError(f"expected uint8 images (N, C, H, W), got {images.dtype}")
-        x = images.float() * self.scale - self.shift
-        return torch.stack([member(x).float().softmax(dim=-1) for member in self.members]).mean(dim=0)
+        if self._folded is None:
+            self._folded = [fold_batchnorm(member) for member in self.members]
+        x = (images.float() * self.scale - self.shift).contiguous(memory_format=memory_format(self.channels_last))
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return torch.stack([model(x).float().softmax(dim=-1) for model in self._folded]).mean(dim=0)
 
 
 def _units(run_dir: Path, which: str) -> list[tuple[str, int, int]]:
@@ -104,14 +121,16 @@ def example_shape(split: Any) -> tuple[int, ...]:
     return tuple(split.for_eval().dataset()[0][0].shape)
 
 
-def load(run_dir: str | Path, which: str = "best", model_factory: Callable[[], nn.Module] | None = None) -> Classifier:
+def load(run_dir: str | Path, which: str = "best", model_factory: Callable[[], nn.Module] | None = None, *,
+         precision: str = "run") -> Classifier:
     """A trained model of ``run_dir`` that takes uint8 images and returns class probabilities.
 
     ``which``: ``"best"`` (the model chosen on val, as in the report), ``"ARM/SEED/GEN"`` (e.g.
     ``"tolerant/0/2"``), or ``"ensemble:ARM/SEED"`` (the arm's ensemble of generations at the last
     generation, one module averaging their softmax). A run of :func:`kdgen.train_generations` (your
-    own model) needs ``model_factory``, the function that made its models. Mistakes are
-    :class:`~kdgen.errors.UserError`.
+    own model) needs ``model_factory``, the function that made its models. ``precision="run"`` computes
+    as the run did (its recorded precision where this CPU runs bf16 natively, else fp32); ``"fp32"`` or
+    ``"bf16"`` choose. Mistakes are :class:`~kdgen.errors.UserError`.
     """
     from kdgen.models import build, names
 
@@ -144,7 +163,13 @@ def load(run_dir: str | Path, which: str = "best", model_factory: Callable[[], n
     for model in members:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-    return Classifier(members, meta["mean"], meta["std"], meta["class_names"], meta["image_shape"])
+    runtime = saved_config(run_dir).runtime
+    if precision == "run":
+        from kdgen.runtime import native_bf16
+
+        precision = runtime.precision if runtime.precision != "bf16" or native_bf16(torch.device("cpu")) else "fp32"
+    return Classifier(members, meta["mean"], meta["std"], meta["class_names"], meta["image_shape"],
+                      precision=precision, channels_last=runtime.channels_last)
 
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:

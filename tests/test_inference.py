@@ -19,12 +19,12 @@ from kdgen.metrics import predict_probs
 DATA = ["data.name=synthetic", "data.num_train=256", "data.num_test=24", "data.image_size=8", "data.channels=1",
         "data.num_classes=4"]
 RUN = [*DATA, "model.name=cnn-tiny", "train.epochs=2", "train.batch_size=16", "seeds=[0]", "generations.count=2",
-       "tolerance.k=3", "runtime.precision=fp32", "--no-progress"]
+       "tolerance.k=3", "--no-progress"]  # precision auto: bf16 where native, as a user's run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A finished fp32 run, and its test images written as PNG files."""
+    """A finished run, and its test images written as PNG files."""
     root = tmp_path_factory.mktemp("inference")
     assert main(["run", "--out", str(root / "run"), *RUN]) == 0
     data = load_bundle(load_config(None, DATA).data)
@@ -45,8 +45,9 @@ def test_predict_on_png_files_gives_the_runs_own_test_evaluation(run, which, cap
     rows = csv_rows(capsys.readouterr().out)
     assert [r["file"] for r in rows] == [str(root / "png" / f"{i:03d}.png") for i in range(len(data.test))]
     classifier = kdgen.load(root / "run", which)
-    # the run's evaluation path (BatchNorm-folded, the run's normalisation) on the same model
-    probs = predict_probs(classifier.members[0], data.test, Normalizer(data.mean, data.std, torch.device("cpu")))
+    # the run's evaluation path (BatchNorm-folded, the run's normalisation and precision) on the same model
+    probs = predict_probs(classifier.members[0], data.test, Normalizer(data.mean, data.std, torch.device("cpu")),
+                          precision=classifier.precision, channels_last=classifier.channels_last)
     assert [r["class"] for r in rows] == [data.class_names[i] for i in probs.argmax(dim=1).tolist()]
     assert torch.allclose(torch.tensor([float(r["probability"]) for r in rows]), probs.max(dim=1).values, atol=1e-5)
     # and the accuracy in results.json for that unit
