@@ -186,7 +186,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from kdgen.report import build_report, console_summary, load_rows
+    from kdgen.report import console_summary, load_rows
+    from kdgen.report_page import build_report
 
     rows = load_rows(args.run_dir)
     path = build_report(args.run_dir, rows)

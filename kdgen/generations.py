@@ -27,7 +27,7 @@ from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
 from kdgen.inference import example_shape
-from kdgen.metrics import classification_metrics, predict_probs, soft_confusion
+from kdgen.metrics import calibration_bins, classification_metrics, predict_probs, soft_confusion
 from kdgen.resume import EpochState
 from kdgen.run_folder import Row, RunFolder, unit_name
 from kdgen.runtime import Runtime
@@ -200,7 +200,8 @@ class GenerationsRunner:
 
     def evaluate(self, unit: Unit, arm: Arm, model: nn.Module,
                  member_probs: dict[int, dict[str, torch.Tensor]]) -> tuple[list[Row], dict[str, object]]:
-        """Rows of ``model`` on every split, and of the arm's ensemble at this generation; extras of a patriarch."""
+        """Rows of ``model`` on every split, and of the arm's ensemble at this generation; extras: calibration
+        bins of every model, and a patriarch's soft confusion matrices."""
         rows: list[Row] = []
         extras: dict[str, object] = {}
         generation, runtime = unit.generation, self.runtime
@@ -210,6 +211,8 @@ class GenerationsRunner:
                                            precision=runtime.precision, channels_last=runtime.channels_last,
                                            workers=runtime.workers), split)
             rows.append(_row(unit, "single", split_name, self.metrics(probs, split.labels)))
+            if split_name != "train":  # the report's reliability diagrams and confidence histograms
+                extras.setdefault("calibration", {})[split_name] = calibration_bins(probs, split.labels)  # type: ignore[index]
             if generation == 0 and split_name != "train":
                 extras["class_names"] = self.data.class_names
                 extras.setdefault("soft_confusion", {})[split_name] = soft_confusion(  # type: ignore[index]

@@ -51,6 +51,19 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return float((conf_sum - acc_sum).abs().sum() / max(len(labels), 1))
 
 
+def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict[str, list[float]]:
+    """Per confidence bin (``bins`` equal widths over [0, 1]): how many images, their mean confidence
+    and accuracy. Enough to draw a reliability diagram and a confidence histogram, pooled over seeds."""
+    confidence, predicted = probs.double().max(dim=1)
+    correct = (predicted == labels.cpu()).double()
+    index = (torch.bucketize(confidence, torch.linspace(0, 1, bins + 1, dtype=torch.float64)) - 1).clamp(0, bins - 1)
+    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(confidence))
+    conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, confidence)
+    acc_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, correct)
+    safe = count.clamp_min(1)
+    return {"count": count.tolist(), "confidence": (conf_sum / safe).tolist(), "accuracy": (acc_sum / safe).tolist()}
+
+
 def secondary_information(probs: torch.Tensor, labels: torch.Tensor, k: int,
                           groups: list[list[int]] | None = None) -> dict[str, float]:
     """What a model says beyond its top-1 choice: the information a teacher passes on.

@@ -192,3 +192,70 @@ def equal_cost_plot(points: list[dict[str, object]], split: str, path: Path) -> 
     return _arm_lines(series, path, xlabel="training epochs spent (all models the result needed)",
                       ylabel="top-1 accuracy (%)", title=f"Equal cost: top-1 on the {split} split against training epochs",
                       log_x=True)
+
+
+def _pooled_bins(extras: dict, split: str) -> dict[tuple[str, int], dict[str, list[float]]]:
+    """Calibration bins of every (arm, generation), pooled over seeds (counts added, means weighted)."""
+    import re
+
+    pooled: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for unit, extra in extras.items():
+        match = re.fullmatch(r"(.+)-seed(\d+)-gen(\d+)", unit)
+        bins = (extra.get("calibration") or {}).get(split) if isinstance(extra, dict) else None
+        if match is None or not bins:
+            continue
+        key = (match.group(1), int(match.group(3)))
+        into = pooled.setdefault(key, {"count": [0.0] * len(bins["count"]), "conf": [0.0] * len(bins["count"]),
+                                       "acc": [0.0] * len(bins["count"])})
+        for i, n in enumerate(bins["count"]):
+            into["count"][i] += n
+            into["conf"][i] += n * bins["confidence"][i]
+            into["acc"][i] += n * bins["accuracy"][i]
+    return pooled
+
+
+def calibration_plots(extras: dict, split: str, folder: Path) -> list[Path]:
+    """A reliability diagram and a confidence histogram, each with the patriarchs and the last generation
+    side by side, one line per arm (arm colours); [] for runs without calibration bins."""
+    pooled = _pooled_bins(extras, split)
+    if not pooled:
+        return []
+    arms = sorted({arm for arm, _ in pooled}, key=arm_sort_key)
+    last = max(g for _, g in pooled)
+    panels = [(0, "patriarchs (generation 0)"), (last, f"generation {last}")] if last > 0 else [(0, "generation 0")]
+    paths = []
+    for name, title in (("reliability", "reliability (bins of ≥ 10 images)"), ("confidence", "confidence histogram")):
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), dpi=110, squeeze=False)
+        for ax, (generation, label) in zip(axes[0], panels):
+            for arm in arms:
+                bins = pooled.get((arm, generation))
+                if bins is None:
+                    continue
+                total = sum(bins["count"])
+                # Bins of a handful of images swing between 0 and 100 %: a reliability point needs 10.
+                filled = [i for i, n in enumerate(bins["count"]) if n >= 10]
+                if name == "reliability":
+                    ax.plot([bins["conf"][i] / bins["count"][i] for i in filled],
+                            [100 * bins["acc"][i] / bins["count"][i] for i in filled], "-o", markersize=3,
+                            color=arm_color(arm), label=arm)
+                else:
+                    edges = [i / len(bins["count"]) for i in range(len(bins["count"]) + 1)]
+                    ax.stairs([100 * n / total for n in bins["count"]], edges, color=arm_color(arm), label=arm,
+                              linewidth=1.5)
+            if name == "reliability":
+                ax.plot([0, 1], [0, 100], ":", color="grey", label="perfect calibration")
+                ax.set_xlabel("confidence (top-1 probability)")
+                ax.set_ylabel("accuracy (%)")
+            else:
+                ax.set_xlabel("confidence (top-1 probability)")
+                ax.set_ylabel("images (%)")
+            ax.set_title(f"{title}, {label}, {split} split", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / f"{name}_{split}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

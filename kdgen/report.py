@@ -6,9 +6,7 @@ of a finished or partial run at any time.
 
 from __future__ import annotations
 
-import html
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -17,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from kdgen import arms as arm_registry
-from kdgen.checkpoint import read_json, write_json
+from kdgen.checkpoint import read_json
 from kdgen.errors import CheckpointError
 from kdgen.run_folder import RESULTS_FILE, Row, checkpoint_relpath
 
@@ -257,94 +255,3 @@ def load_extras(run_dir: Path) -> dict[str, dict]:
     payload = read_json(path)
     extras = payload.get("extras") if isinstance(payload, dict) else None
     return extras if isinstance(extras, dict) else {}
-
-
-def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: float | None = None) -> Path:
-    """Write ``report.md``, ``report.html``, ``summary.json`` and ``plots/*.png`` for ``run_dir``."""
-    from kdgen.equal_cost import equal_cost_points, equal_cost_table, run_config
-    from kdgen.plots import equal_cost_plot, metric_plot, patriarch_heatmaps
-
-    run_dir = Path(run_dir)
-    rows = load_rows(run_dir) if rows is None else rows
-    summary = summarize(rows)
-    plots = []
-    for split in ("test", "val"):
-        if any(e["split"] == split for e in summary):
-            plots.append(metric_plot(summary, split, "top1", run_dir / "plots" / f"top1_{split}.png", "top-1 accuracy (%)"))
-    if any(e["split"] == "test" for e in summary):
-        plots.append(metric_plot(summary, "test", "ece", run_dir / "plots" / "ece_test.png", "ECE"))
-    best = best_unit(rows)
-    seeds = sorted({int(r["seed"]) for r in rows})  # type: ignore[arg-type]
-    # Each table is computed once and rendered twice (markdown and HTML).
-    tables: list[tuple[str, list[str], list[list[str]]]] = []
-    for split in ("test", "val"):
-        for title, (header, body) in ((f"{split} split", summary_table(summary, split)),
-                                      (f"Do generations pay? Each generation against its patriarch, {split} split",
-                                       gains_table(rows, split)),
-                                      (f"Paired differences between arms, {split} split", diff_table(rows, split)),
-                                      (f"Secondary information and convergence, {split} split",
-                                       secondary_table(summary, split))):
-            if body:
-                tables.append((title, header, body))
-    cfg = run_config(run_dir)
-    cost_points = equal_cost_points(summary, cfg) if cfg is not None else []
-    if len({p["cost"] for p in cost_points}) > 1:  # one cost for everything: nothing to compare
-        for split in ("test", "val"):
-            header, body = equal_cost_table(cost_points, split)
-            if body:
-                tables.append((f"Equal cost: top-1 against training epochs spent, {split} split", header, body))
-                plots.append(equal_cost_plot(cost_points, split, run_dir / "plots" / f"equal_cost_{split}.png"))
-    extras = load_extras(run_dir)
-    heatmap = patriarch_heatmaps(extras, "test", run_dir / "plots" / "patriarch_soft_confusion_test.png")
-    if heatmap is not None:
-        plots.append(heatmap)
-    intro = [f"Seeds: {seeds} ({len(seeds)}). Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins; "
-             "confidence is the mean top-1 probability (a tolerant patriarch's is lower than a strict one's).",
-             "Ensembles average the softmax of generations 1..g (students only; baseline: independent models 1..g).",
-             "Paired differences pair runs by seed; p is a two-sided paired t-test (n/a below two seeds).",
-             "Secondary information: entropy in nats; mass ranks 2..K is the probability on the 2nd..K-th classes; "
-             "semantic 2nd choice is how often the best class other than the true one shares the true class's group "
-             "(data sources with groups only); semantic mass is the share of non-target probability on that group. "
-             "train top-1/NLL are on a fixed unaugmented sample of the training split: near 100 % means the model converged."]
-    if best is not None:
-        intro.append(f"Best single model, chosen on the val split only: **{best['arm']} generation {best['generation']}**, "
-                     f"seed {best['seed']} (val top-1 {float(best['val_top1']):.2f} %) — `{best['checkpoint']}`.")
-        write_json(run_dir / "best.json", best)
-    if wall_time_s is not None:
-        intro.append(f"Wall time: {wall_time_s:.1f} s.")
-    md = ["# kdgen report", "", *intro, ""]
-    for title, header, body in tables:
-        md += [f"## {title}", "", markdown_table(header, body), ""]
-    md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
-    (run_dir / "report.md").write_text("\n".join(md), encoding="utf-8")
-    write_json(run_dir / "summary.json", {"summary": summary})
-    write_html(run_dir / "report.html", "kdgen report", intro, tables, plots)
-    return run_dir / "report.md"
-
-
-def _inline(text: str) -> str:
-    """Markdown's ``**bold**`` and `` `code` `` as HTML; everything else escaped."""
-    escaped = html.escape(text, quote=False)
-    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
-
-
-def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],
-               plots: list[Path]) -> None:
-    """A self-contained page: intro paragraphs, tables, plots."""
-    def table_html(header: list[str], body: list[list[str]]) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        lines = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in body)
-        return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table></div>"
-
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
-             "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "div.wide{overflow-x:auto}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}"
-             "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}",
-             f"</style></head><body><h1>{html.escape(title)}</h1>"]
-    parts += [f"<p>{_inline(line)}</p>" for line in intro]
-    parts += [f"<h2>{html.escape(name)}</h2>" + table_html(header, body) for name, header, body in tables]
-    parts += ["<h2>Plots</h2>"] + [f"<img src='plots/{p.name}' alt='{p.stem}'>" for p in plots]
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")

@@ -21,7 +21,8 @@ from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
 from kdgen.generations import GenerationsRunner, units
 from kdgen.parallel import ParallelMode, PeerLost, is_peer_lost, peer_failure_summary
-from kdgen.report import build_report, console_summary
+from kdgen.report import console_summary
+from kdgen.report_page import build_report
 from kdgen.run_folder import (Row, RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
                               saved_config, write_config)
 from kdgen.runtime import Runtime

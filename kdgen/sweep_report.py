@@ -15,7 +15,8 @@ from typing import Any
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
 from kdgen.arms import sort_key as arm_sort_key
-from kdgen.report import format_cell, markdown_table, paired_stats, summarize, values_by_cell, write_html
+from kdgen.report import format_cell, markdown_table, paired_stats, summarize, values_by_cell
+from kdgen.report_page import write_html
 from kdgen.run_folder import Row
 
 SPLIT = "val"  # a sweep chooses; it never reads the test split

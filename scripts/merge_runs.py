@@ -25,7 +25,7 @@ from kdgen import arms
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import UserError
 from kdgen.generations import units
-from kdgen.report import build_report
+from kdgen.report_page import build_report
 from kdgen.run_folder import check_new_out_dir, saved_config
 from kdgen.unit_cache import link, unit_key
 

@@ -24,7 +24,7 @@ from kdgen.data import load_bundle
 from kdgen.errors import UserError
 from kdgen.generations import GenerationsRunner, Unit
 from kdgen.models import build
-from kdgen.report import build_report
+from kdgen.report_page import build_report
 from kdgen.run_folder import check_new_out_dir, saved_config, write_config
 from kdgen.unit_cache import link
 

@@ -107,9 +107,15 @@ def test_run_rows_include_the_train_split_and_patriarch_heatmaps(tmp_path):
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     assert all("entropy" in r and "secondary_mass" in r for r in rows)
     saved = read_json(out / "results.json")
-    heatmaps = saved["extras"]
-    assert set(heatmaps) == {"baseline-seed0-gen0", "strict-seed0-gen0", "tolerant-seed0-gen0"}
-    matrix = heatmaps["tolerant-seed0-gen0"]["soft_confusion"]["test"]
+    extras = saved["extras"]
+    heatmaps = {unit for unit, extra in extras.items() if "soft_confusion" in extra}
+    assert heatmaps == {"baseline-seed0-gen0", "strict-seed0-gen0", "tolerant-seed0-gen0"}  # patriarchs only
+    matrix = extras["tolerant-seed0-gen0"]["soft_confusion"]["test"]
+    # every model's calibration bins, on val and test: counts of all images, confidences in their bins
+    assert len(extras) == 6 and all(set(extra["calibration"]) == {"val", "test"} for extra in extras.values())
+    bins = extras["strict-seed0-gen1"]["calibration"]["test"]
+    assert sum(bins["count"]) == 24 and len(bins["count"]) == 15
+    assert all(i / 15 <= c <= (i + 1) / 15 for i, (n, c) in enumerate(zip(bins["count"], bins["confidence"])) if n)
     assert len(matrix) == 3 and all(abs(sum(row) - 1) < 1e-4 for row in matrix)
     # tolerance.k: auto resolves against the 3 classes and config.yaml records the number
     assert "k: 3" in (out / "config.yaml").read_text()

@@ -1,0 +1,184 @@
+"""The run report as a page: the verdict first, then the main plot, then the tables and the other plots.
+
+A page is a list of blocks (heading, paragraph, list, table, image) rendered twice: to markdown
+(report.md, images linked from plots/) and to one self-contained HTML file (report.html, images
+embedded as data URIs, so it can be mailed or attached to a review). Numbers never wrap.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import Union
+
+from kdgen.checkpoint import write_json
+from kdgen.report import (best_unit, diff_table, gains_table, load_extras, load_rows, markdown_table, secondary_table,
+                          summarize, summary_table)
+from kdgen.run_folder import Row
+
+# ("h2", text) | ("p", text) | ("ul", [items]) | ("table", caption, header, body) | ("img", path)
+Block = Union[tuple[str, str], tuple[str, list[str]], tuple[str, str, list[str], list[list[str]]], tuple[str, Path]]
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}"
+       "h1{margin:0 0 .3em}div.verdict{border-left:6px solid #1f77b4;background:#f4f8fc;padding:.6em 1em;margin:1em 0}"
+       "div.verdict p.headline{font-size:1.25em;margin:.2em 0 .6em}div.wide{overflow-x:auto}"
+       "table{border-collapse:collapse;margin:.5em 0 1.5em}caption{text-align:left;font-weight:600;padding:.3em 0}"
+       "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}"
+       "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+       "img{max-width:100%;display:block;margin:.5em 0 1.5em}.note{color:#555;font-size:.9em}")
+
+
+def _inline(text: str) -> str:
+    """Markdown's ``**bold**`` and `` `code` `` as HTML; everything else escaped."""
+    escaped = html.escape(text, quote=False)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def to_markdown(title: str, blocks: list[Block]) -> str:
+    lines = [f"# {title}", ""]
+    for block in blocks:
+        kind = block[0]
+        if kind == "h2":
+            lines += [f"## {block[1]}", ""]
+        elif kind == "p":
+            lines += [str(block[1]), ""]
+        elif kind == "ul":
+            lines += [f"- {item}" for item in block[1]] + [""]  # type: ignore[union-attr]
+        elif kind == "table":
+            _, caption, header, body = block  # type: ignore[misc]
+            lines += [f"**{caption}**", "", markdown_table(header, body), ""]
+        elif kind == "img":
+            path = Path(block[1])  # type: ignore[arg-type]
+            lines += [f"![{path.stem}](plots/{path.name})", ""]
+    return "\n".join(lines)
+
+
+def to_html(title: str, blocks: list[Block], verdict_blocks: int = 0) -> str:
+    """The page; the first ``verdict_blocks`` blocks are framed as the verdict box."""
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for index, block in enumerate(blocks):
+        if verdict_blocks and index == 0:
+            parts.append("<div class='verdict' id='verdict'>")
+        kind = block[0]
+        if kind == "h2":
+            parts.append(f"<h2>{html.escape(str(block[1]))}</h2>")
+        elif kind == "p":
+            css = " class='headline'" if verdict_blocks and index == 1 else ""
+            parts.append(f"<p{css}>{_inline(str(block[1]))}</p>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block[1]) + "</ul>")  # type: ignore[union-attr]
+        elif kind == "table":
+            _, caption, header, body = block  # type: ignore[misc]
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in body)
+            parts.append(f"<div class='wide'><table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr>"
+                         f"</thead><tbody>{rows}</tbody></table></div>")
+        elif kind == "img":
+            path = Path(block[1])  # type: ignore[arg-type]
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(f"<img src='data:image/png;base64,{data}' alt='{html.escape(path.stem)}'>")
+        if verdict_blocks and index == verdict_blocks - 1:
+            parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],
+               plots: list[Path]) -> None:
+    """A simple self-contained page: intro paragraphs, captioned tables, embedded plots (kdgen sweep)."""
+    blocks: list[Block] = [("p", line) for line in intro]
+    blocks += [("table", name, header, body) for name, header, body in tables]
+    blocks += [("img", plot) for plot in plots]
+    path.write_text(to_html(title, blocks), encoding="utf-8")
+
+
+def verdict_blocks(rows: list[Row], best: dict[str, object] | None, run_name: str) -> list[Block]:
+    """The answer to the run's question, computed from the test rows, and the model to keep."""
+    from kdgen.verdict import findings, headline
+
+    found = findings(rows, "test")
+    seeds = sorted({int(r["seed"]) for r in rows})  # type: ignore[arg-type]
+    blocks: list[Block] = [("h2", "Verdict"), ("p", f"**{headline(found)}**")]
+    items = [f.sentence() for f in found]
+    if best is not None:
+        which = f"{best['arm']}/{best['seed']}/{best['generation']}"
+        items.append(f"Model to keep, chosen on the val split only: **{best['arm']} generation {best['generation']}, "
+                     f"seed {best['seed']}** (val top-1 {float(best['val_top1']):.2f} %, file {best['checkpoint']}); "
+                     f"use it with `kdgen predict {run_name} IMAGES --which {which}` or `kdgen.load(run_dir)`.")
+    blocks.append(("ul", items))
+    blocks.append(("p", f"Test split, {len(seeds)} seed(s): final numbers, never used for any choice. Differences are "
+                        "paired by seed (95 % confidence interval from the t distribution, two-sided paired t-test); "
+                        "'better' or 'worse' only at p < 0.05."))
+    return blocks
+
+
+NOTES = ["Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins; confidence is the mean top-1 "
+         "probability (a tolerant patriarch's is lower than a strict one's).",
+         "Ensembles average the softmax of generations 1..g (students only; baseline: independent models 1..g).",
+         "Secondary information: entropy in nats; mass ranks 2..K is the probability on the 2nd..K-th classes; "
+         "semantic 2nd choice is how often the best class other than the true one shares the true class's group "
+         "(data sources with groups only); semantic mass is the share of non-target probability on that group. "
+         "train top-1/NLL are on a fixed unaugmented sample of the training split: near 100 % means the model converged."]
+
+
+def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: float | None = None) -> Path:
+    """Write ``report.md``, self-contained ``report.html``, ``summary.json``, ``best.json`` and ``plots/*.png``."""
+    from kdgen.equal_cost import equal_cost_points, equal_cost_table, run_config
+    from kdgen.plots import calibration_plots, equal_cost_plot, metric_plot, patriarch_heatmaps
+
+    run_dir = Path(run_dir)
+    rows = load_rows(run_dir) if rows is None else rows
+    summary = summarize(rows)
+    plots_dir = run_dir / "plots"
+    best = best_unit(rows)
+    if best is not None:
+        write_json(run_dir / "best.json", best)
+    blocks = verdict_blocks(rows, best, str(run_dir))
+    lead = len(blocks)
+    has = {split: any(e["split"] == split for e in summary) for split in ("test", "val")}
+    if has["test"]:
+        blocks.append(("img", metric_plot(summary, "test", "top1", plots_dir / "top1_test.png", "top-1 accuracy (%)")))
+    extras = load_extras(run_dir)
+    cfg = run_config(run_dir)
+    cost_points = equal_cost_points(summary, cfg) if cfg is not None else []
+    compare_cost = len({p["cost"] for p in cost_points}) > 1  # one cost for everything: nothing to compare
+    for split, heading in (("test", "Test split: final numbers"),
+                           ("val", "Val split: what the choices were made on (best model, sweeps)")):
+        if not has[split]:
+            continue
+        blocks.append(("h2", heading))
+        for caption, (header, body) in (("Mean ± std over seeds", summary_table(summary, split)),
+                                        ("Do generations pay? Each generation against its patriarch",
+                                         gains_table(rows, split)),
+                                        ("Paired differences between arms", diff_table(rows, split)),
+                                        ("Secondary information and convergence", secondary_table(summary, split))):
+            if body:
+                blocks.append(("table", f"{caption}, {split} split", header, body))
+        if compare_cost:
+            header, body = equal_cost_table(cost_points, split)
+            if body:
+                blocks.append(("table", f"Equal cost: top-1 against training epochs spent, {split} split", header, body))
+    blocks.append(("h2", "Plots"))
+    figures = []
+    if has["test"]:
+        figures.append(metric_plot(summary, "test", "ece", plots_dir / "ece_test.png", "ECE"))
+        figures += calibration_plots(extras, "test", plots_dir)
+    heatmap = patriarch_heatmaps(extras, "test", plots_dir / "patriarch_soft_confusion_test.png")
+    if heatmap is not None:
+        figures.append(heatmap)
+    if compare_cost:
+        figures += [equal_cost_plot(cost_points, split, plots_dir / f"equal_cost_{split}.png")
+                    for split in ("test", "val") if has[split]]
+    if has["val"]:
+        figures.append(metric_plot(summary, "val", "top1", plots_dir / "top1_val.png", "top-1 accuracy (%)"))
+    blocks += [("img", figure) for figure in figures]
+    notes = NOTES + ([f"Wall time: {wall_time_s:.1f} s."] if wall_time_s is not None else [])
+    blocks += [("h2", "How to read this")] + [("p", note) for note in notes]
+    (run_dir / "report.md").write_text(to_markdown("kdgen report", blocks), encoding="utf-8")
+    write_json(run_dir / "summary.json", {"summary": summary})
+    (run_dir / "report.html").write_text(to_html("kdgen report", blocks, verdict_blocks=lead), encoding="utf-8")
+    return run_dir / "report.md"

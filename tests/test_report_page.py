@@ -1,0 +1,122 @@
+"""The report people read: the verdict's numbers and words, calibration bins, and the page in a real browser."""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from kdgen.cli import main
+from kdgen.metrics import calibration_bins
+from kdgen.verdict import finding, findings, headline
+
+TINY = ["data.name=synthetic", "data.num_train=128", "data.num_test=24", "data.image_size=8", "data.channels=1",
+        "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=1", "train.batch_size=16", "seeds=[0,1,2]",
+        "generations.count=2", "tolerance.k=3", "--no-progress"]
+
+
+def test_a_difference_within_noise_is_called_no_significant_difference():
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303 -> CI 2 ± 2.484; t = 3.46 -> p 0.074
+    found = finding({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0}, "tolerant", "strict", "single", 2)
+    assert (found.n, found.mean) == (3, 2.0)
+    assert found.low == pytest.approx(2 - 4.302653 / math.sqrt(3), abs=1e-5)
+    assert found.high == pytest.approx(2 + 4.302653 / math.sqrt(3), abs=1e-5)
+    assert found.p == pytest.approx(0.0741, abs=1e-3)
+    assert "no significant difference** with 3 seeds" in found.sentence()
+    assert headline([found]).startswith("No significant difference between tolerant and strict with 3 seeds")
+
+
+def test_a_clear_difference_is_called_better_or_worse_and_one_seed_is_not_tested():
+    better = finding({s: 1.0 + 0.05 * (s % 3) for s in range(5)}, {s: 0.0 for s in range(5)}, "tolerant", "strict",
+                     "single", 3)
+    assert better.p < 0.001 and "is **better** with 5 seeds" in better.sentence()
+    assert headline([better]).startswith("Tolerant beat strict at generation 3")
+    worse = finding({s: 0.0 for s in range(5)}, {s: 1.0 + 0.05 * (s % 3) for s in range(5)}, "tolerant", "strict",
+                    "single", 3)
+    assert "**worse**" in worse.sentence()
+    single = finding({0: 1.0}, {0: 0.0}, "tolerant", "strict", "single", 1)
+    assert "cannot be tested" in single.sentence() and "cannot be tested" in headline([single])
+    # the same difference on every seed leaves the t-test undefined: nothing is claimed
+    same = finding({0: 1.0, 1: 2.0}, {0: 0.0, 1: 1.0}, "tolerant", "strict", "single", 1)
+    assert math.isnan(same.p) and "no significant difference" in same.sentence()
+
+
+def test_findings_pair_the_last_generation_and_every_ensemble_against_the_baselines():
+    rows = [{"arm": arm, "generation": g, "kind": kind, "seed": s, "split": "test", "top1": float(s + g)}
+            for arm in ("baseline", "strict", "tolerant") for g in (0, 1, 2) for s in (0, 1, 2)
+            for kind in (("single", "ensemble") if g == 2 else ("single",))]
+    labels = [(f.arm, f.other, f.kind, f.generation) for f in findings(rows)]
+    assert labels == [("tolerant", "strict", "single", 2), ("tolerant", "strict", "ensemble", 2),
+                      ("strict", "baseline", "ensemble", 2), ("tolerant", "baseline", "ensemble", 2)]
+
+
+def test_calibration_bins_golden_values():
+    probs = torch.tensor([[0.9, 0.1], [0.62, 0.38], [0.22, 0.78], [0.85, 0.15]])
+    bins = calibration_bins(probs, torch.tensor([0, 1, 1, 1]))
+    nonzero = {i: (n, c, a) for i, (n, c, a) in enumerate(zip(bins["count"], bins["confidence"], bins["accuracy"])) if n}
+    # bin b holds confidences in (b/15, (b+1)/15]: 0.62 -> 9, 0.78 -> 11, 0.85 -> 12, 0.9 -> 13
+    assert nonzero == {9: (1, pytest.approx(0.62), 0.0), 11: (1, pytest.approx(0.78), 1.0),
+                       12: (1, pytest.approx(0.85), 0.0), 13: (1, pytest.approx(0.9), 1.0)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "run"
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_report_opens_with_the_verdict_and_is_self_contained(run):
+    md = (run / "report.md").read_text()
+    assert md.index("## Verdict") < md.index("![top1_test]") < md.index("## Test split") < md.index("## Val split")
+    assert "No significant difference between tolerant and strict with 3 seeds" in md or "beat strict" in md \
+        or "did worse than strict" in md
+    page = (run / "report.html").read_text()
+    assert "src='plots/" not in page and page.count("src='data:image/png;base64,") >= 5
+    assert "`" not in re.sub(r"<code>.*?</code>", "", page)  # no markdown left in the HTML
+    for name in ("reliability_test.png", "confidence_test.png", "top1_test.png"):
+        assert (run / "plots" / name).is_file()
+    best = json.loads((run / "best.json").read_text())
+    assert f"--which {best['arm']}/{best['seed']}/{best['generation']}" in page
+
+
+def _browser():
+    return next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)),
+                None)
+
+
+CHECK = """<script>
+window.addEventListener('load', () => {
+  const images = Array.from(document.images);
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  const verdict = document.getElementById('verdict').getBoundingClientRect();
+  const heights = Array.from(document.querySelectorAll('td')).map(td => td.getBoundingClientRect().height);
+  document.title = JSON.stringify({images: images.length, broken: broken, verdict_top: verdict.top,
+    verdict_bottom: verdict.bottom, screen: window.innerHeight, tallest_cell: Math.max(...heights),
+    lowest_cell: Math.min(...heights)});
+});
+</script>"""
+
+
+@pytest.mark.skipif(_browser() is None, reason="no Chromium on this machine (apt-get install chromium; .ci/run "
+                                               "installs it when run as root)")
+def test_report_in_headless_chromium_loads_every_image_and_shows_the_verdict_first(run, tmp_path):
+    page = tmp_path / "report_checked.html"
+    page.write_text((run / "report.html").read_text().replace("</body>", CHECK + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--window-size=1280,900"]
+    dom = subprocess.run([_browser(), *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    found = re.search(r"<title>(\{.*?\})</title>", dom.stdout)
+    assert found, dom.stderr[-2000:]
+    seen = json.loads(found.group(1).replace("&quot;", '"'))
+    assert seen["images"] >= 5 and seen["broken"] == 0
+    assert 0 <= seen["verdict_top"] and seen["verdict_bottom"] <= seen["screen"]  # the whole verdict, first screen
+    assert seen["tallest_cell"] < 1.5 * seen["lowest_cell"]  # no cell wraps its number over two lines
+    shot = tmp_path / "report_first_screen.png"
+    subprocess.run([_browser(), *flags, f"--screenshot={shot}", (run / "report.html").as_uri()], capture_output=True,
+                   timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
