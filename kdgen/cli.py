@@ -23,6 +23,7 @@ EPILOG = """examples:
   kdgen run --config configs/fashion-mnist.yaml --out runs/fmnist
   kdgen run train.epochs=2 tolerance.eta=0.5 seeds=[0,1]
   kdgen report runs/fmnist
+  kdgen report runs/fmnist runs/mnist --out runs/both   # one page comparing runs
   kdgen predict runs/fmnist images/ --which ensemble:tolerant/0 --out predictions.csv
   kdgen sweep --config configs/fashion-mnist-converged.yaml --grid tolerance.eta=0,0.1,0.2,0.4 --out sweeps/eta
 """
@@ -66,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar (same as log.progress=false)")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
-    report = commands.add_parser("report", help="(re)build the report of a finished or partial run folder",
-                                 description="Rebuild report.md, report.html and plots/ from DIR/results.json.")
-    report.add_argument("run_dir", type=Path, metavar="DIR")
+    report = commands.add_parser("report", help="(re)build a run's report, or compare several runs on one page",
+                                 description="With one DIR: rebuild report.md, report.html and plots/ from "
+                                 "DIR/results.json. With several (and --out): one page comparing them.")
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="DIR")
+    report.add_argument("--out", type=Path, metavar="OUT", help="folder (new or empty) for the comparison page")
 
     sweep = commands.add_parser("sweep", help="run a grid of configs sharing trained units, scored on val only",
                                 description=SWEEP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -187,10 +190,20 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from kdgen.report import console_summary, load_rows
-    from kdgen.report_page import build_report
+    from kdgen.report_page import build_comparison, build_report
 
-    rows = load_rows(args.run_dir)
-    path = build_report(args.run_dir, rows)
+    if args.out is None and len(args.run_dirs) > 1:
+        raise UserError("comparing several runs needs --out DIR, a new folder for the comparison page")
+    if args.out is not None:
+        from kdgen.run_folder import check_new_out_dir
+
+        check_new_out_dir(args.out)
+        for run_dir in args.run_dirs:
+            load_rows(run_dir)  # every run readable before anything is written
+        print(f"report: {build_comparison(args.run_dirs, args.out)}")
+        return 0
+    rows = load_rows(args.run_dirs[0])
+    path = build_report(args.run_dirs[0], rows)
     print(console_summary(rows))
     print(f"\nreport: {path}")
     return 0

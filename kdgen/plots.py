@@ -259,3 +259,26 @@ def calibration_plots(extras: dict, split: str, folder: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def runs_plot(runs: list[tuple[str, list[dict[str, object]]]], split: str, path: Path) -> Path:
+    """Top-1 against generation, one panel per run (shared y axis), arms in their colours."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.8), dpi=110, squeeze=False, sharey=True)
+    for ax, (name, summary) in zip(axes[0], runs):
+        for arm in sorted({str(e["arm"]) for e in summary}, key=arm_sort_key):
+            for kind in ("single", "ensemble"):
+                x, y, err = _series(summary, split, kind, arm, "top1")
+                if x:
+                    ax.errorbar(x, y, yerr=err, fmt="-o" if kind == "single" else "--s", color=arm_color(arm),
+                                capsize=3, markersize=4, label=f"{arm} ({kind})", alpha=0.9 if kind == "single" else 0.7)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("generation")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"top-1 accuracy (%), {split} split")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

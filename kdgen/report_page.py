@@ -182,3 +182,48 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
     write_json(run_dir / "summary.json", {"summary": summary})
     (run_dir / "report.html").write_text(to_html("kdgen report", blocks, verdict_blocks=lead), encoding="utf-8")
     return run_dir / "report.md"
+
+
+def _run_names(run_dirs: list[Path]) -> list[str]:
+    """Folder names, with their parent where two runs share a name."""
+    names = [d.resolve().name for d in run_dirs]
+    return [f"{d.resolve().parent.name}/{n}" if names.count(n) > 1 else n for d, n in zip(run_dirs, names)]
+
+
+def build_comparison(run_dirs: list[Path], out: Path) -> Path:
+    """One page comparing several run folders (two data sets, before/after a change): each run's verdict,
+    a table of test top-1 per arm, and their accuracy-per-generation plots side by side."""
+    from kdgen.arms import sort_key as arm_sort_key
+    from kdgen.equal_cost import run_config
+    from kdgen.plots import runs_plot
+    from kdgen.report import format_cell
+    from kdgen.verdict import findings, headline
+
+    names = _run_names(run_dirs)
+    all_rows = [load_rows(d) for d in run_dirs]
+    blocks: list[Block] = [("h2", "Verdict per run")]
+    for name, run_dir, rows in zip(names, run_dirs, all_rows):
+        cfg = run_config(run_dir)
+        what = f"{cfg.data.name}, {cfg.model.name}, " if cfg is not None else ""
+        seeds = len({r["seed"] for r in rows})
+        found = findings(rows, "test")
+        blocks += [("p", f"**{name}** ({what}{seeds} seeds): {headline(found)}"), ("ul", [f.sentence() for f in found])]
+    lead = len(blocks)
+    blocks.append(("p", "Test split: final numbers, never used for any choice; differences paired by seed within a run."))
+    summaries = [summarize(rows) for rows in all_rows]
+    header = ["run", "arm", "patriarch", "last generation", "ensemble (last)"]
+    body = []
+    for name, summary in zip(names, summaries):
+        test = {(e["kind"], e["arm"], e["generation"]): e for e in summary if e["split"] == "test"}
+        for arm in sorted({str(a) for _, a, _ in test}, key=arm_sort_key):
+            last = max(g for k, a, g in test if a == arm)
+            body.append([name, str(arm), format_cell(test.get(("single", arm, 0)), "top1"),
+                         f"{format_cell(test.get(('single', arm, last)), 'top1')} (gen {last})",
+                         format_cell(test.get(("ensemble", arm, last)), "top1")])
+    blocks.append(("table", "Test top-1 (%), mean ± std over seeds", header, body))
+    out.mkdir(parents=True, exist_ok=True)
+    blocks.append(("img", runs_plot(list(zip(names, summaries)), "test", out / "plots" / "top1_test_runs.png")))
+    title = f"kdgen comparison of {len(run_dirs)} runs"
+    (out / "report.md").write_text(to_markdown(title, blocks), encoding="utf-8")
+    (out / "report.html").write_text(to_html(title, blocks, verdict_blocks=lead), encoding="utf-8")
+    return out / "report.md"

@@ -120,3 +120,25 @@ def test_report_in_headless_chromium_loads_every_image_and_shows_the_verdict_fir
     subprocess.run([_browser(), *flags, f"--screenshot={shot}", (run / "report.html").as_uri()], capture_output=True,
                    timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_report_of_several_runs_is_one_comparison_page(run, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    rows = json.loads((other / "results.json").read_text())
+    for row in rows["rows"]:  # a run where tolerant collapsed: its verdict must say so
+        if row["arm"] in ("tolerant", "strict") and row["split"] == "test":
+            row["top1"] = (10.0 + 0.5 * row["seed"]) if row["arm"] == "tolerant" else (90.0 + 0.2 * row["seed"])
+    (other / "results.json").write_text(json.dumps(rows))
+    out = tmp_path / "both"
+    assert main(["report", str(run), str(other), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert md.count("**run**") == 1 and md.count("**other**") == 1
+    assert "Tolerant did worse than strict" in md  # the second run's verdict, from its own numbers
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and (out / "plots" / "top1_test_runs.png").is_file()
+    capsys.readouterr()
+    assert main(["report", str(run), str(other)]) == 2  # several runs need --out
+    assert "--out" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", str(out)]) == 2  # never overwrites
+    assert "not empty" in capsys.readouterr().err
