@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +131,38 @@ def test_predict_writes_a_new_csv_file(run, tmp_path):
     rows = csv_rows(out.read_text())
     assert [r["file"] for r in rows] == [str(root / "png" / "001.png"), str(root / "png" / "002.png")]
     assert all(r["class"] in data.class_names and 0.0 < float(r["probability"]) <= 1.0 for r in rows)
+
+
+def test_predict_on_real_fashion_mnist_pngs_gives_the_runs_test_evaluation(tmp_path, capsys):
+    """The done-when check of kdgen predict, on real data: every Fashion-MNIST test image written as a PNG file
+    gets the class the run's own evaluation gave it, and the accuracy is the run's test top-1."""
+    import gzip
+
+    import numpy as np
+
+    from kdgen.data.idx import FASHION_MNIST_ROOT
+
+    root = Path(FASHION_MNIST_ROOT)
+    images_file = root / "t10k-images-idx3-ubyte.gz"
+    if not images_file.is_file():
+        pytest.skip(f"Fashion-MNIST is not installed at {root} (apt-get install dataset-fashion-mnist)")
+    run = tmp_path / "run"
+    assert main(["run", "--out", str(run), "data.name=fashion-mnist", "data.train_per_class=20", "model.name=cnn-tiny",
+                 "train.epochs=1", "generations.count=0", "generations.arms=[strict]", "seeds=[0]",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    raw = np.frombuffer(gzip.open(images_file).read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    (tmp_path / "png").mkdir()
+    for i, image in enumerate(raw):
+        Image.fromarray(image, mode="L").save(tmp_path / "png" / f"{i:05d}.png")
+    assert main(["predict", str(run), str(tmp_path / "png"), "--out", str(tmp_path / "pred.csv")]) == 0
+    predicted = [r["class"] for r in csv_rows((tmp_path / "pred.csv").read_text())]
+    classifier = kdgen.load(run)
+    data = load_bundle(load_config(None, ["data.name=fashion-mnist", "data.train_per_class=20"]).data)
+    probs = predict_probs(classifier.members[0], data.test, Normalizer(data.mean, data.std, torch.device("cpu")),
+                          precision=classifier.precision, channels_last=classifier.channels_last)
+    assert predicted == [data.class_names[i] for i in probs.argmax(dim=1).tolist()]
+    top1 = next(r["top1"] for r in json.loads((run / "results.json").read_text())["rows"]
+                if (r["generation"], r["kind"], r["split"]) == (0, "single", "test"))
+    correct = sum(p == data.class_names[int(y)] for p, y in zip(predicted, data.test.labels))
+    assert 100.0 * correct / len(predicted) == pytest.approx(top1)
