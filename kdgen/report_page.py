@@ -176,6 +176,10 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
     if has["val"]:
         figures.append(metric_plot(summary, "val", "top1", plots_dir / "top1_val.png", "top-1 accuracy (%)"))
     blocks += [("img", figure) for figure in figures]
+    if wall_time_s is None and (run_dir / "timing.json").is_file():  # a rebuild keeps the run's wall time
+        from kdgen.checkpoint import read_json
+
+        wall_time_s = read_json(run_dir / "timing.json").get("wall_time_s")
     notes = NOTES + ([f"Wall time: {wall_time_s:.1f} s."] if wall_time_s is not None else [])
     blocks += [("h2", "How to read this")] + [("p", note) for note in notes]
     (run_dir / "report.md").write_text(to_markdown("kdgen report", blocks), encoding="utf-8")
