@@ -110,7 +110,7 @@ def verdict_blocks(rows: list[Row], best: dict[str, object] | None, run_name: st
                      f"seed {best['seed']}** (val top-1 {float(best['val_top1']):.2f} %, file {best['checkpoint']}); "
                      f"use it with `kdgen predict {run_name} IMAGES --which {which}` or `kdgen.load(run_dir)`.")
     blocks.append(("ul", items))
-    blocks.append(("p", f"Test split, {len(seeds)} seed(s): final numbers, never used for any choice. Differences are "
+    blocks.append(("p", f"Test split, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}: final numbers, never used for any choice. Differences are "
                         "paired by seed (95 % confidence interval from the t distribution, two-sided paired t-test); "
                         "'better' or 'worse' only at p < 0.05."))
     return blocks

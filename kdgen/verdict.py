@@ -43,12 +43,17 @@ class Finding:
         """``label``: the difference, its interval and p, and what they allow one to say."""
         seeds = f"{self.n} seed{'s' if self.n != 1 else ''}"
         if self.n < 2:
-            return f"{self.label}: {self.mean:+.2f} points with 1 seed, which cannot be tested; run more seeds."
-        numbers = f"{self.mean:+.2f} points (95 % CI {self.low:+.2f} to {self.high:+.2f}, p {_p(self.p)})"
+            return f"{self.label}: {_signed(self.mean)} points with 1 seed, which cannot be tested; run more seeds."
+        numbers = f"{_signed(self.mean)} points (95 % CI {_signed(self.low)} to {_signed(self.high)}, p {_p(self.p)})"
         if not math.isnan(self.p) and self.p < ALPHA:
             word = "better" if self.mean > 0 else "worse"
             return f"{self.label}: {self.arm} is **{word}** with {seeds}, {numbers}."
         return f"{self.label}: **no significant difference** with {seeds}, {numbers}."
+
+
+def _signed(value: float) -> str:
+    text = f"{value:+.2f}"
+    return "+0.00" if text == "-0.00" else text
 
 
 def _p(p: float) -> str:
@@ -109,6 +114,6 @@ def headline(found: list[Finding]) -> str:
     if not math.isnan(main.p) and main.p < ALPHA:
         verb = "beat" if main.mean > 0 else "did worse than"
         return (f"{main.arm.capitalize()} {verb} {main.other} at generation {main.generation} "
-                f"({main.mean:+.2f} points, p {_p(main.p)}, {main.n} seeds).")
+                f"({_signed(main.mean)} points, p {_p(main.p)}, {main.n} seeds).")
     return (f"No significant difference between {main.arm} and {main.other} with {main.n} seeds "
-            f"({main.mean:+.2f} points at generation {main.generation}, p {_p(main.p)}).")
+            f"({_signed(main.mean)} points at generation {main.generation}, p {_p(main.p)}).")
