@@ -25,6 +25,13 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, num_examples // batch_size)
 
 
+def check_share(batch_size: int, parts: int) -> None:
+    """A global batch must split into ``parts`` equal shares (one per data-parallel process)."""
+    if batch_size % parts:
+        raise ConfigError(f"runtime.parallel=data: a batch of {batch_size} does not split evenly over {parts} "
+                          f"processes; make train.batch_size a multiple of {parts}")
+
+
 class TrainBatches:
     """One epoch of shuffled, augmented uint8 batches per iteration, driven by ``generator``."""
 
@@ -40,9 +47,7 @@ class TrainBatches:
         # (index, count): yield only share ``index`` of ``count`` equal parts of every global batch
         # (runtime.parallel=data: one part per process; the global batches stay those of one process).
         self.share = share
-        if self.batch_size % share[1]:
-            raise ConfigError(f"runtime.parallel=data: a batch of {self.batch_size} does not split evenly over "
-                              f"{share[1]} processes; make train.batch_size a multiple of {share[1]}")
+        check_share(self.batch_size, share[1])
         if isinstance(split, Split):
             # Moved once per generation, then only indexed.
             self.images = split.images.to(device)

@@ -198,9 +198,7 @@ def _report(args: argparse.Namespace) -> int:
         from kdgen.run_folder import check_new_out_dir
 
         check_new_out_dir(args.out)
-        for run_dir in args.run_dirs:
-            load_rows(run_dir)  # every run readable before anything is written
-        print(f"report: {build_comparison(args.run_dirs, args.out)}")
+        print(f"report: {build_comparison(args.run_dirs, args.out)}")  # reads every run before writing
         return 0
     rows = load_rows(args.run_dirs[0])
     path = build_report(args.run_dirs[0], rows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch import nn
 from kdgen.checkpoint import load_state, read_json
 from kdgen.errors import UserError
 from kdgen.run_folder import CONFIG_FILE, RESULTS_FILE, checkpoint_relpath, saved_config
+
+if TYPE_CHECKING:
+    from kdgen.config import Config
 
 INFERENCE_META = ("mean", "std", "class_names", "image_shape")
 
@@ -65,7 +68,7 @@ class Classifier(nn.Module):
             return torch.stack([model(x).float().softmax(dim=-1) for model in self._folded]).mean(dim=0)
 
 
-def _units(run_dir: Path, which: str) -> list[tuple[str, int, int]]:
+def _units(run_dir: Path, cfg: "Config", which: str) -> list[tuple[str, int, int]]:
     """The (arm, seed, generation) units ``which`` names in ``run_dir``."""
     if which == "best":
         best_path = run_dir / "best.json"
@@ -89,7 +92,6 @@ def _units(run_dir: Path, which: str) -> list[tuple[str, int, int]]:
             raise ValueError
     except ValueError:
         raise UserError(f"--which {which!r}: expected best, ARM/SEED/GEN (e.g. tolerant/0/2) or ensemble:ARM/SEED") from None
-    cfg = saved_config(run_dir)
     if arm_name not in cfg.generations.arms or seed not in cfg.seeds:
         raise UserError(f"--which {which!r}: the run has arms {cfg.generations.arms} and seeds {cfg.seeds}")
     if not ensemble:
@@ -104,11 +106,11 @@ def _units(run_dir: Path, which: str) -> list[tuple[str, int, int]]:
     return [(arm_name, seed, g) for g in members]
 
 
-def _data_meta(run_dir: Path) -> dict[str, Any]:
+def _data_meta(cfg: "Config") -> dict[str, Any]:
     """Normalisation, class names and image shape from the run's data source (checkpoints of older runs)."""
     from kdgen.data import load_bundle
 
-    data = load_bundle(saved_config(run_dir).data)
+    data = load_bundle(cfg.data)
     return {"mean": list(data.mean), "std": list(data.std), "class_names": list(data.class_names),
             "image_shape": list(example_shape(data.test))}
 
@@ -133,12 +135,14 @@ def load(run_dir: str | Path, which: str = "best", model_factory: Callable[[], n
     ``"bf16"`` choose. Mistakes are :class:`~kdgen.errors.UserError`.
     """
     from kdgen.models import build, names
+    from kdgen.train import freeze_teacher
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / RESULTS_FILE).is_file():
         raise UserError(f"{run_dir}: not a kdgen run folder (no {CONFIG_FILE} and {RESULTS_FILE})")
+    cfg = saved_config(run_dir)
     members, meta = [], None
-    for arm_name, seed, generation in _units(run_dir, which):
+    for arm_name, seed, generation in _units(run_dir, cfg, which):
         path = run_dir / checkpoint_relpath(arm_name, seed, generation)
         if not path.is_file():
             raise UserError(f"{run_dir}: {arm_name}/{seed}/{generation} has not finished training (no {path.name}); "
@@ -156,14 +160,11 @@ def load(run_dir: str | Path, which: str = "best", model_factory: Callable[[], n
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise UserError(f"{path}: the weights do not fit the model ({str(exc).splitlines()[0][:120]})") from None
-        members.append(model.eval())
+        members.append(freeze_teacher(model))  # eval mode, no gradients
         if meta is None:
-            meta = metadata if all(key in metadata for key in INFERENCE_META) else _data_meta(run_dir)
+            meta = metadata if all(key in metadata for key in INFERENCE_META) else _data_meta(cfg)
     assert meta is not None
-    for model in members:
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-    runtime = saved_config(run_dir).runtime
+    runtime = cfg.runtime
     if precision == "run":
         from kdgen.runtime import native_bf16
 

@@ -39,27 +39,29 @@ def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, 
     return torch.cat(outputs)
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
-    """ECE with ``bins`` equal-width confidence bins (Guo et al. 2017)."""
+def _confidence_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> tuple[torch.Tensor, ...]:
+    """Per equal-width confidence bin: image count, sum of confidences and number correct (float64)."""
     confidence, predicted = probs.max(dim=1)
-    correct = (predicted == labels).double()
+    correct = (predicted == labels.to(predicted.device)).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     # Bin b holds confidences in (edges[b], edges[b+1]]; bucketize puts 0 in bin 0.
     bin_index = (torch.bucketize(confidence.double(), edges, right=False) - 1).clamp(0, bins - 1)
+    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, bin_index, torch.ones_like(correct))
     conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, bin_index, confidence.double())
     acc_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, bin_index, correct)
+    return count, conf_sum, acc_sum
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """ECE with ``bins`` equal-width confidence bins (Guo et al. 2017)."""
+    _, conf_sum, acc_sum = _confidence_bins(probs, labels, bins)
     return float((conf_sum - acc_sum).abs().sum() / max(len(labels), 1))
 
 
 def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict[str, list[float]]:
     """Per confidence bin (``bins`` equal widths over [0, 1]): how many images, their mean confidence
     and accuracy. Enough to draw a reliability diagram and a confidence histogram, pooled over seeds."""
-    confidence, predicted = probs.double().max(dim=1)
-    correct = (predicted == labels.cpu()).double()
-    index = (torch.bucketize(confidence, torch.linspace(0, 1, bins + 1, dtype=torch.float64)) - 1).clamp(0, bins - 1)
-    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(confidence))
-    conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, confidence)
-    acc_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, correct)
+    count, conf_sum, acc_sum = _confidence_bins(probs, labels, bins)
     safe = count.clamp_min(1)
     return {"count": count.tolist(), "confidence": (conf_sum / safe).tolist(), "accuracy": (acc_sum / safe).tolist()}
 

@@ -20,14 +20,34 @@ def _series(summary: list[dict[str, object]], split: str, kind: str, arm: str, m
     return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
 
 
-def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, xlabel: str, ylabel: str, title: str,
-               integer_x: bool = False, log_x: bool = False) -> Path:
+def _save(fig: "plt.Figure", path: Path) -> Path:
+    """Lay out, write ``path`` (making its folder) and free the figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _draw_arm_series(ax: "plt.Axes", series: list[tuple[str, str, list, list, list]]) -> None:
     """One line per (arm, kind, x, y, err): single models solid, ensembles dashed, ± std bars, arm colours."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for arm, kind, x, y, err in series:
         if x:
             ax.errorbar(x, y, yerr=err, fmt="-o" if kind == "single" else "--s", color=arm_color(arm), capsize=3,
                         markersize=4, label=f"{arm} ({kind})", alpha=0.9 if kind == "single" else 0.7)
+
+
+def _summary_series(summary: list[dict[str, object]], split: str, metric: str) -> list[tuple[str, str, list, list, list]]:
+    """(arm, kind, generations, means, stds) of ``metric`` for every arm, single models and ensembles."""
+    arms = sorted({str(e["arm"]) for e in summary}, key=arm_sort_key)
+    return [(arm, kind, *_series(summary, split, kind, arm, metric)) for arm in arms for kind in ("single", "ensemble")]
+
+
+def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, xlabel: str, ylabel: str, title: str,
+               integer_x: bool = False, log_x: bool = False) -> Path:
+    """One line per (arm, kind, x, y, err): single models solid, ensembles dashed, ± std bars, arm colours."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    _draw_arm_series(ax, series)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -40,18 +60,12 @@ def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, x
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def metric_plot(summary: list[dict[str, object]], split: str, metric: str, path: Path, ylabel: str) -> Path:
     """``metric`` against generation for every arm: single models solid, ensembles dashed, ± std bars."""
-    arms = sorted({str(e["arm"]) for e in summary}, key=arm_sort_key)
-    series = [(arm, kind, *_series(summary, split, kind, arm, metric)) for arm in arms for kind in ("single", "ensemble")]
-    return _arm_lines(series, path, xlabel="generation (0 = patriarch; ensemble = generations 1..g)", ylabel=ylabel,
+    return _arm_lines(_summary_series(summary, split, metric), path, xlabel="generation (0 = patriarch; ensemble = generations 1..g)", ylabel=ylabel,
                       title=f"{ylabel} on the {split} split (mean ± std over seeds)", integer_x=True)
 
 
@@ -135,11 +149,7 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
     fixed = {k: v for k, v in (summary["best_settings"] or {}).items() if k != key}
     fig.suptitle(f"sweep over {key}" + (f" (other keys at the best point: {fixed})" if fixed else "")
                  + "; mean ± std over seeds", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def patriarch_heatmaps(extras: dict, split: str, path: Path, max_classes: int = 40) -> Path | None:
@@ -244,20 +254,12 @@ def calibration_plots(extras: dict, split: str, folder: Path) -> list[Path]:
                               linewidth=1.5)
             if name == "reliability":
                 ax.plot([0, 1], [0, 100], ":", color="grey", label="perfect calibration")
-                ax.set_xlabel("confidence (top-1 probability)")
-                ax.set_ylabel("accuracy (%)")
-            else:
-                ax.set_xlabel("confidence (top-1 probability)")
-                ax.set_ylabel("images (%)")
+            ax.set_xlabel("confidence (top-1 probability)")
+            ax.set_ylabel("accuracy (%)" if name == "reliability" else "images (%)")
             ax.set_title(f"{title}, {label}, {split} split", fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / f"{name}_{split}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, folder / f"{name}_{split}.png"))
     return paths
 
 
@@ -265,20 +267,11 @@ def runs_plot(runs: list[tuple[str, list[dict[str, object]]]], split: str, path:
     """Top-1 against generation, one panel per run (shared y axis), arms in their colours."""
     fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.8), dpi=110, squeeze=False, sharey=True)
     for ax, (name, summary) in zip(axes[0], runs):
-        for arm in sorted({str(e["arm"]) for e in summary}, key=arm_sort_key):
-            for kind in ("single", "ensemble"):
-                x, y, err = _series(summary, split, kind, arm, "top1")
-                if x:
-                    ax.errorbar(x, y, yerr=err, fmt="-o" if kind == "single" else "--s", color=arm_color(arm),
-                                capsize=3, markersize=4, label=f"{arm} ({kind})", alpha=0.9 if kind == "single" else 0.7)
+        _draw_arm_series(ax, _summary_series(summary, split, "top1"))
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("generation")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"top-1 accuracy (%), {split} split")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 from torch import nn
 
 from kdgen import arms
+from kdgen.batches import check_share
 from kdgen.checkpoint import write_json
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
@@ -97,6 +98,13 @@ def _together(parallel: ParallelMode, step: Callable[[], T]) -> T:
     return value  # type: ignore[return-value]
 
 
+def _keep_partial(folder: RunFolder | None, leader: bool) -> None:
+    """On a stop: results.json with what every process finished so far (for kdgen report), by the leader."""
+    if folder is not None and leader:
+        folder.refresh()
+        folder.write_results(complete=False)
+
+
 def run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.Module], out: Path | None, *,
                  model_name: str, data_name: str, origin: str, resume: bool = False, echo: bool = True,
                  unit_cache: UnitCache | None = None, stop: StopFlag | None = None,
@@ -131,10 +139,7 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
         check_against_data(cfg, data, data_name)
         if out is None and parallel.world_size > 1 and parallel.name == "chains":
             raise ConfigError("runtime.parallel=chains needs a run folder (out_dir) to collect the processes' results")
-        parts = parallel.batch_share[1]
-        if min(cfg.train.batch_size, len(data.train)) % parts:
-            raise ConfigError(f"runtime.parallel=data: train.batch_size {cfg.train.batch_size} does not split evenly "
-                              f"over {parts} processes; make it a multiple of {parts}")
+        check_share(min(cfg.train.batch_size, len(data.train)), parallel.batch_share[1])  # as TrainBatches will
         runtime = Runtime.from_config(cfg.runtime, parallel)
         # config.yaml records what actually runs: the precision and K that "auto" means here.
         resolved = resolve_k(cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
@@ -177,16 +182,15 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
         # Processes whose chains are done wait for the others (still answering a stop signal).
         if not parallel.wait_for_all(lambda: stop is not None and stop.requested):
             raise TrainingInterrupted("stopped while waiting for the other processes")
-    except (KeyboardInterrupt, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and not (parallel.world_size > 1 and is_peer_lost(exc)):
-            raise
-        if folder is not None and leader:
-            folder.refresh()  # results.json with what every process finished, for kdgen report
-            folder.write_results(complete=False)
-        if isinstance(exc, RuntimeError):
-            raise PeerLost(f"lost contact with another process ({peer_failure_summary(exc)}); every finished "
-                           "unit and the last saved training states are kept") from None
+    except KeyboardInterrupt:
+        _keep_partial(folder, leader)
         raise
+    except RuntimeError as exc:
+        if not (parallel.world_size > 1 and is_peer_lost(exc)):
+            raise
+        _keep_partial(folder, leader)
+        raise PeerLost(f"lost contact with another process ({peer_failure_summary(exc)}); every finished "
+                       "unit and the last saved training states are kept") from None
     wall = time.perf_counter() - start
     if folder is not None and leader:
         folder.refresh()

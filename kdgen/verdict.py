@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 from scipy import stats
 
 from kdgen.run_folder import Row
@@ -64,20 +63,19 @@ def _p(p: float) -> str:
 
 def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, other: str, kind: str,
             generation: int) -> Finding | None:
-    """``a − b`` paired over the seeds both have; None without a common seed."""
-    seeds = sorted(set(values_a) & set(values_b))
-    if not seeds:
+    """``a − b`` paired over the seeds both have (the report's :func:`~kdgen.report.paired_stats`, so p is
+    n/a below two seeds or when every difference is the same), with its 95 % interval; None without a
+    common seed."""
+    from kdgen.report import paired_stats
+
+    paired = paired_stats(values_a, values_b)
+    if paired is None:
         return None
-    diffs = np.array([values_a[s] - values_b[s] for s in seeds])
-    n, mean = len(seeds), float(diffs.mean())
+    n, mean = int(paired["n"]), float(paired["mean"])
     if n < 2:
         return Finding(arm, other, kind, generation, n, mean, math.nan, math.nan, math.nan)
-    sem = float(diffs.std(ddof=1)) / math.sqrt(n)
-    half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * sem
-    # Identical differences on every seed leave the t statistic undefined: nothing is claimed (p n/a).
-    p = float(stats.ttest_rel([values_a[s] for s in seeds], [values_b[s] for s in seeds]).pvalue) \
-        if np.ptp(diffs) > 1e-9 else math.nan
-    return Finding(arm, other, kind, generation, n, mean, mean - half, mean + half, p)
+    half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * float(paired["std"]) / math.sqrt(n)
+    return Finding(arm, other, kind, generation, n, mean, mean - half, mean + half, float(paired["p"]))
 
 
 def findings(rows: list[Row], split: str = "test") -> list[Finding]:
@@ -90,7 +88,7 @@ def findings(rows: list[Row], split: str = "test") -> list[Finding]:
     wanted = [("tolerant", "strict", "single"), ("tolerant", "strict", "ensemble")]
     wanted += [(arm, "baseline", "ensemble") for arm in sorted(arms - {"baseline"})]
     if not any(a in arms and b in arms for a, b, _ in wanted):  # other arms: what they ask to be compared with
-        wanted = [c for c in comparisons(arms)]
+        wanted = list(comparisons(arms))
     result = []
     for arm, other, kind in wanted:
         common = {g for (a, g, k) in values if a == arm and k == kind} & \
