@@ -1,4 +1,4 @@
-"""Command line: ``kdgen run``, ``report``, ``sweep``, ``predict``, ``arms``, ``models``, ``sources``, ``config``.
+"""Command line: ``kdgen run``, ``report``, ``sweep``, ``predict``, ``transfer``, ``arms``, ``models``, ``sources``, ``config``.
 
 User mistakes (:class:`~kdgen.errors.UserError`) print one line on stderr and exit 2; anything
 else is an internal failure with a traceback and exit code 1.
@@ -26,6 +26,7 @@ EPILOG = """examples:
   kdgen report runs/fmnist runs/mnist --out runs/both   # one page comparing runs
   kdgen predict runs/fmnist images/ --which ensemble:tolerant/0 --out predictions.csv
   kdgen sweep --config configs/fashion-mnist-converged.yaml --grid tolerance.eta=0,0.1,0.2,0.4 --out sweeps/eta
+  kdgen transfer runs/fmnist --data mnist --root package/data   # linear probes on another data set
 """
 
 SWEEP_HELP = """Run one ordinary run folder per grid point (the cartesian product of every --grid) under
@@ -37,6 +38,9 @@ reference point and against the strict arm), ending with the best point on val a
 No unit is trained twice: a unit depends only on some settings (the baseline arm not on tolerance.*
 or distill.*, the strict arm not on tolerance.*, a tolerant patriarch not on distill.*), so points
 share such units through DIR/units/. A sweep over tolerance.eta trains only the tolerant arm per point.
+
+Linked keys move together: --grid distill.temperature,distill.weight=[1,0.5],[4,0.9] is one axis of two
+points (T 1 with w 0.5, T 4 with w 0.9). With two axes the plots draw the second as separate curves.
 """
 
 
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "--grid tolerance.eta=0,0.05,0.1,0.2,0.4 --grid tolerance.k=2,3,5 seeds=[0,1,2] --out sweeps/tsd")
     sweep.add_argument("--config", type=Path, metavar="FILE", help="YAML config every point starts from (default: the embedded one)")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                       help="a swept key and its values, parsed as YAML (repeat for a grid over several keys)")
+                       help="a swept key and its values, parsed as YAML (repeat for a grid over several keys); "
+                       "KEY1,KEY2=[a1,a2],[b1,b2] links keys that move together")
     sweep.add_argument("--out", type=Path, metavar="DIR", required=True, help="sweep folder, new or empty (or one to --resume)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out DIR")
     sweep.add_argument("--select", default="tolerant/last", metavar="ARM/GEN[/ensemble]",
@@ -90,6 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "the same one share trained units, also while running side by side")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar (same as log.progress=false)")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides for every point")
+
+    transfer = commands.add_parser(
+        "transfer", help="score every model's penultimate features with linear probes on another data set",
+        description="Freeze every model of a finished run (each arm, seed and generation) and train a linear probe "
+        "(logistic regression, C chosen on the probe data's val split) on its penultimate features over another data "
+        "set's training split; score it on that data set's test split. Rows go to RUN/transfer/NAME.json and the run's "
+        "report gains a section with the arms compared per generation, paired by seed.",
+        epilog="KEY=VALUE overrides: data.train_per_class=500 (probe training images per class; null: all), "
+        "data.val_fraction=0.1, probe.c_values=[0.01,0.1,1,10], probe.max_iter=1000, probe.layer=NAME (the module "
+        "whose input is the feature; default: the model's last nn.Linear). Grey and RGB images are converted and "
+        "sizes resized to what the models were trained on.")
+    transfer.add_argument("run_dir", type=Path, metavar="RUN", help="a finished run folder")
+    transfer.add_argument("--data", required=True, metavar="NAME", help="probe data source (see kdgen sources)")
+    transfer.add_argument("--root", metavar="DIR", help="where the probe data's files are, for sources that need files")
+    transfer.add_argument("--out", type=Path, metavar="DIR", help="write NAME.json here instead of RUN/transfer/ "
+                          "(the run folder and its report are then left untouched)")
+    transfer.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="probe data and probe settings")
 
     predict = commands.add_parser("predict", help="classify images with a trained model of a run (CSV: file, class, probability)",
                                   description="Classify image files (or every image in the folders given) with a model "
@@ -219,6 +241,19 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer(args: argparse.Namespace) -> int:
+    from kdgen.report_page import build_report
+    from kdgen.transfer import run_transfer, transfer_config, transfer_text
+
+    cfg = transfer_config(args.data, args.root, args.overrides)
+    path = run_transfer(args.run_dir, cfg, out=args.out, progress=lambda line: print(f"kdgen transfer: {line}", flush=True))
+    print(transfer_text(path))
+    print(f"\nrows: {path}")
+    if args.out is None:
+        print(f"report: {build_report(args.run_dir)}")
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -256,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     # first option), so collect leftovers and accept those that look like KEY=VALUE.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command not in ("run", "config", "sweep") or any(item.startswith("-") for item in extra):
+        if args.command not in ("run", "config", "sweep", "transfer") or any(item.startswith("-") for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     try:
@@ -270,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "transfer":
+            return _transfer(args)
         if args.command == "arms":
             from kdgen import arms
 

@@ -69,10 +69,37 @@ def metric_plot(summary: list[dict[str, object]], split: str, metric: str, path:
                       title=f"{ylabel} on the {split} split (mean ± std over seeds)", integer_x=True)
 
 
-def _slice(summary: dict, key: str) -> list[dict]:
-    """The grid points along ``key`` with every other swept key at the best (else the first) point's value."""
+def accuracy_confidence_plot(summary: list[dict[str, object]], split: str, path: Path) -> Path:
+    """The paper's mechanism, side by side per arm: single-model top-1 and mean confidence (top-1
+    probability) against generation. Do strict generations grow confident again while tolerant ones stay
+    tolerant, and does accuracy follow?"""
+    arms = sorted({str(e["arm"]) for e in summary}, key=arm_sort_key)
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=110)
+    for ax, metric, label in ((axes[0], "top1", "top-1 accuracy (%)"), (axes[1], "conf", "confidence (mean top-1 prob.)")):
+        _draw_arm_series(ax, [(arm, "single", *_series(summary, split, "single", arm, metric)) for arm in arms])
+        ax.set_xlabel("generation (0 = patriarch)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label}, single models, {split} split", fontsize=10)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Accuracy and confidence per generation (mean ± std over seeds)", fontsize=10)
+    return _save(fig, path)
+
+
+def _axis_value(entry: dict, keys: list[str]) -> object:
+    """A grid point's value on an axis: the key's value, or a tuple for linked keys."""
+    return entry["settings"][keys[0]] if len(keys) == 1 else tuple(entry["settings"][k] for k in keys)
+
+
+def _slice(summary: dict, axis: str, free: str | None = None) -> list[dict]:
+    """The grid points along ``axis`` (and ``free``, when given) with every other axis at the best (else the
+    first) point's value."""
+    from kdgen.sweep import axis_keys
+
     anchor = summary["best_settings"] or summary["points"][0]["settings"]
-    return [e for e in summary["points"] if all(e["settings"][k] == v for k, v in anchor.items() if k != key)]
+    moving = set(axis_keys(axis)) | set(axis_keys(free) if free else [])
+    return [e for e in summary["points"] if all(e["settings"][k] == v for k, v in anchor.items() if k not in moving)]
 
 
 def _cell_series(points: list[dict], arm: str, generation: int, metric: str) -> tuple[list, list, list]:
@@ -89,50 +116,75 @@ def _cell_series(points: list[dict], arm: str, generation: int, metric: str) -> 
 
 def _spans_decades(values: list) -> bool:
     positive = [v for v in values if v > 0]
-    return len(positive) >= 2 and max(positive) / min(positive) >= 10
+    return len(positive) >= 2 and max(positive) / min(positive) >= 20
+
+
+def _axis_label(keys: list[str], value: object) -> str:
+    if len(keys) == 1:
+        return str(value)
+    return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in zip(keys, value))  # type: ignore[call-overload]
 
 
 def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
-    """Val top-1 of every generation of the selected arm (and of the strict arm, dashed) against ``key``,
-    and the patriarch's confidence, through the best point. None when no point has results yet."""
-    points = _slice(summary, key)
+    """Val top-1 of the selected arm (and of the strict arm, dashed) against grid axis ``key``, and the
+    patriarch's confidence. With one axis: a line per generation, through the best point. With a second
+    axis of several values (e.g. the students' temperature): a line per value of it, for the scored
+    generation. None when no point has results yet."""
+    from kdgen.sweep import axis_keys
+
+    keys = axis_keys(key)
+    second = next((k for k, values in summary["grid"] if k != key and len(values) > 1), None)
+    points = _slice(summary, key, second)
     if not any(entry["cells"] for entry in points):
         return None
     arm, last = summary["select"]["arm"], summary["select"]["generation"]
-    values = [entry["settings"][key] for entry in points]
+    values = list(dict.fromkeys(_axis_value(entry, keys) for entry in points))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
-    def position(xs: list[int]) -> list:
-        return [values[i] for i in xs] if numeric else xs
+    def position(members: list[dict], xs: list[int]) -> list:
+        at = [values.index(_axis_value(members[i], keys)) for i in xs]
+        return [values[i] for i in at] if numeric else at
 
-    fig, (left, zoom, right) = plt.subplots(1, 3, figsize=(15.0, 4.2), dpi=110)
+    # (label, colour, members, generations): one line group per generation, or per value of the second axis
     palette = plt.get_cmap("tab10")
+    if second is None:
+        groups = [(f"gen {g}", palette(g % 10), points, [g]) for g in range(last + 1)]
+    else:
+        second_keys = axis_keys(second)
+        second_values = list(dict.fromkeys(_axis_value(e, second_keys) for e in points))
+        groups = [(_axis_label(second_keys, v) if len(second_keys) > 1 else f"{second.rsplit('.', 1)[-1]} {v}",
+                   palette(i % 10), [e for e in points if _axis_value(e, second_keys) == v], [last])
+                  for i, v in enumerate(second_values)]
+    fig, (left, zoom, right) = plt.subplots(1, 3, figsize=(15.0, 4.2), dpi=110)
     reference: list[float] = []  # the strict arm's values (or the scored arm's last generation)
     zoomed_on = "the strict arm"
-    for generation in range(last + 1):
-        color = palette(generation % 10)
-        xs, ys, errs = _cell_series(points, arm, generation, "top1")
-        for ax in (left, zoom):
-            if xs:
-                ax.errorbar(position(xs), ys, yerr=errs, fmt="-o", color=color, capsize=3, markersize=4,
-                            label=f"{arm} gen {generation}" + (" (patriarch)" if generation == 0 else ""))
-        if arm != "strict":
-            sx, sy, _ = _cell_series(points, "strict", generation, "top1")
-            reference += sy
+    for label, color, members, generations in groups:
+        for generation in generations:
+            name = label if second is None else f"gen {generation}, {label}"
+            xs, ys, errs = _cell_series(members, arm, generation, "top1")
             for ax in (left, zoom):
-                if sx:
-                    ax.plot(position(sx), sy, "--", color=color, alpha=0.6, label=f"strict gen {generation}")
-        if generation == last and not reference:
-            reference += ys
-            zoomed_on = f"{arm} gen {last}"
+                if xs:
+                    ax.errorbar(position(members, xs), ys, yerr=errs, fmt="-o", color=color, capsize=3, markersize=4,
+                                label=f"{arm} {name}" + (" (patriarch)" if generation == 0 else ""))
+            if arm != "strict":
+                sx, sy, _ = _cell_series(members, "strict", generation, "top1")
+                reference += sy
+                for ax in (left, zoom):
+                    if sx:
+                        ax.plot(position(members, sx), sy, "--", color=color, alpha=0.6, label=f"strict {name}")
+            if generation == last and not reference:
+                reference += ys
+                zoomed_on = f"{arm} gen {last}"
     if reference:
         # Strong settings can collapse a model; the zoom keeps the region where the arms compete readable.
         zoom.set_ylim(min(reference) - 2.5, max(reference) + 1.5)
+    patriarchs = groups[0][2]  # a patriarch does not depend on the students' settings
     for metric, style, label in (("conf", "-o", "confidence (mean top-1 prob.)"),
                                  ("secondary_mass", "-s", "mass on ranks 2..K")):
-        xs, ys, errs = _cell_series(points, arm, 0, metric)
+        xs, ys, errs = _cell_series(patriarchs, arm, 0, metric)
         if xs:
-            right.errorbar(position(xs), ys, yerr=errs, fmt=style, capsize=3, markersize=4, label=f"patriarch {label}")
+            right.errorbar(position(patriarchs, xs), ys, yerr=errs, fmt=style, capsize=3, markersize=4,
+                           label=f"patriarch {label}")
     for ax, title in ((left, "val top-1 (%)"), (zoom, f"val top-1 (%), zoomed on {zoomed_on}"),
                       (right, "patriarch's secondary information (val)")):
         ax.set_xlabel(key)
@@ -141,14 +193,15 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
         if ax is not zoom:
             ax.legend(fontsize=7, ncol=2 if ax is left else 1)
         if not numeric:
-            ax.set_xticks(range(len(values)), [str(v) for v in values])
+            ax.set_xticks(range(len(values)), [_axis_label(keys, v) for v in values])
         elif _spans_decades(values):
             # e.g. eta = 0, 0.3, 1, 3: linear near 0, logarithmic above the smallest positive value
             ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))
             ax.set_xticks(sorted(set(values)), [str(v) for v in sorted(set(values))])
-    fixed = {k: v for k, v in (summary["best_settings"] or {}).items() if k != key}
-    fig.suptitle(f"sweep over {key}" + (f" (other keys at the best point: {fixed})" if fixed else "")
-                 + "; mean ± std over seeds", fontsize=9)
+    moving = set(keys) | set(axis_keys(second) if second else [])
+    fixed = {k: v for k, v in (summary["best_settings"] or {}).items() if k not in moving}
+    fig.suptitle(f"sweep over {key}" + (f", one line per {second}" if second else "")
+                 + (f" (other keys at the best point: {fixed})" if fixed else "") + "; mean ± std over seeds", fontsize=9)
     return _save(fig, path)
 
 

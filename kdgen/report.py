@@ -189,6 +189,59 @@ def gains_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]
     return header, body
 
 
+def seed_slopes(rows: Iterable[Row], split: str, metric: str, first: int = 2) -> dict[str, dict[int, float]]:
+    """``{arm: {seed: slope}}``: the least-squares slope of a single model's ``metric`` against generation,
+    generations ``first``..last, per seed (arms with at least three such generations)."""
+    values = values_by_cell(rows, split, metric)
+    slopes: dict[str, dict[int, float]] = {}
+    for arm in sorted({a for (a, _, k) in values if k == "single"}, key=arm_registry.sort_key):
+        generations = sorted(g for (a, g, k) in values if a == arm and k == "single" and g >= first)
+        if len(generations) < 3:
+            continue
+        for seed in sorted(set.intersection(*(set(values[(arm, g, "single")]) for g in generations))):
+            ys = [values[(arm, g, "single")][seed] for g in generations]
+            slopes.setdefault(arm, {})[seed] = float(np.polyfit(generations, ys, 1)[0])
+    return slopes
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float, float, float]:
+    """Mean, 95 % t interval (low, high) and the one-sample t-test's p against 0."""
+    data = np.array(values, dtype=float)
+    mean = float(data.mean())
+    if len(data) < 2 or np.ptp(data) < 1e-12:
+        return mean, float("nan"), float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(data) - 1) * data.std(ddof=1) / math.sqrt(len(data)))
+    return mean, mean - half, mean + half, float(stats.ttest_1samp(data, 0.0).pvalue)
+
+
+def trend_table(rows: list[Row], split: str, first: int = 2) -> tuple[list[str], list[list[str]]]:
+    """Does an arm keep improving or saturate? Per arm, the slope of top-1 (points per generation) and of
+    confidence against generation from generation ``first`` on, fitted per seed; mean over seeds, its 95 %
+    interval and p (slope = 0); and each compared pair's slope difference, paired by seed."""
+    header = ["arm", "generations", "n", "top-1 slope (points/gen)", "95 % CI", "p", "confidence slope (/gen)", "p "]
+    top1, conf = seed_slopes(rows, split, "top1", first), seed_slopes(rows, split, "conf", first)
+    last = max((int(r["generation"]) for r in rows), default=0)  # type: ignore[arg-type]
+    body = []
+
+    def line(label: str, a: list[float], c: list[float]) -> list[str]:
+        mean, low, high, p = _mean_ci(a)
+        cmean, _, _, cp = _mean_ci(c) if c else (float("nan"),) * 4
+        interval = "–" if math.isnan(low) else f"[{_signed(low)}, {_signed(high)}]"
+        return [label, f"{first}..{last}", str(len(a)), _signed(mean), interval, _p_text(p),
+                "–" if math.isnan(cmean) else f"{cmean:+.4f}", _p_text(cp)]
+
+    for arm, by_seed in top1.items():
+        body.append(line(arm, list(by_seed.values()), list(conf.get(arm, {}).values())))
+    for arm, other, kind in comparisons(top1):
+        if kind != "single" or other not in top1:
+            continue
+        seeds = sorted(set(top1[arm]) & set(top1[other]))
+        cseeds = sorted(set(conf.get(arm, {})) & set(conf.get(other, {})))
+        body.append(line(f"{arm} − {other}", [top1[arm][s] - top1[other][s] for s in seeds],
+                         [conf[arm][s] - conf[other][s] for s in cseeds]))
+    return header, body
+
+
 SECONDARY = (("conf", "confidence", 3), ("entropy", "entropy", 3), ("secondary_mass", "mass ranks 2..K", 3),
              ("semantic", "semantic 2nd choice %", 1), ("semantic_mass", "semantic mass", 3))
 

@@ -15,7 +15,7 @@ from typing import Union
 
 from kdgen.checkpoint import write_json
 from kdgen.report import (best_unit, diff_table, gains_table, load_extras, load_rows, markdown_table, secondary_table,
-                          summarize, summary_table)
+                          summarize, summary_table, trend_table)
 from kdgen.run_folder import Row
 
 # ("h2", text) | ("p", text) | ("ul", [items]) | ("table", caption, header, body) | ("img", path)
@@ -128,7 +128,7 @@ NOTES = ["Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bi
 def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: float | None = None) -> Path:
     """Write ``report.md``, self-contained ``report.html``, ``summary.json``, ``best.json`` and ``plots/*.png``."""
     from kdgen.equal_cost import equal_cost_points, equal_cost_table, run_config
-    from kdgen.plots import calibration_plots, equal_cost_plot, metric_plot, patriarch_heatmaps
+    from kdgen.plots import accuracy_confidence_plot, calibration_plots, equal_cost_plot, metric_plot, patriarch_heatmaps
 
     run_dir = Path(run_dir)
     rows = load_rows(run_dir) if rows is None else rows
@@ -155,6 +155,8 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
                                         ("Do generations pay? Each generation against its patriarch",
                                          gains_table(rows, split)),
                                         ("Paired differences between arms", diff_table(rows, split)),
+                                        ("Trend from generation 2 on: does an arm keep improving or saturate? "
+                                         "Slopes fitted per seed", trend_table(rows, split)),
                                         ("Secondary information and convergence", secondary_table(summary, split))):
             if body:
                 blocks.append(("table", f"{caption}, {split} split", header, body))
@@ -162,8 +164,14 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
             header, body = equal_cost_table(cost_points, split)
             if body:
                 blocks.append(("table", f"Equal cost: top-1 against training epochs spent, {split} split", header, body))
+    from kdgen.transfer import transfer_blocks
+
+    blocks += transfer_blocks(run_dir)
     blocks.append(("h2", "Plots"))
     figures = []
+    for split in ("test", "val"):
+        if has[split]:
+            figures.append(accuracy_confidence_plot(summary, split, plots_dir / f"top1_confidence_{split}.png"))
     if has["test"]:
         figures.append(metric_plot(summary, "test", "ece", plots_dir / "ece_test.png", "ECE"))
         figures += calibration_plots(extras, "test", plots_dir)

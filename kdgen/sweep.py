@@ -34,8 +34,24 @@ NOT_SWEEPABLE = ("seeds", "generations.arms", "log.")
 
 @dataclass(frozen=True)
 class GridAxis:
+    """One ``--grid``: a key and its values, or linked keys (``a,b=[1,2],[3,4]``) that move together."""
+
     key: str
     values: tuple[Any, ...]
+
+    @property
+    def keys(self) -> list[str]:
+        return axis_keys(self.key)
+
+    def settings(self, value: Any) -> dict[str, Any]:
+        """The config keys one value of this axis sets."""
+        keys = self.keys
+        return dict(zip(keys, value)) if len(keys) > 1 else {self.key: value}
+
+
+def axis_keys(key: str) -> list[str]:
+    """The config keys of a grid axis: ``distill.temperature,distill.weight`` links two."""
+    return key.split(",")
 
 
 @dataclass(frozen=True)
@@ -68,13 +84,22 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_axis(text: str) -> GridAxis:
-    """``KEY=V1,V2,...`` into a :class:`GridAxis`; values are parsed as YAML scalars or lists."""
+    """``KEY=V1,V2,...`` into a :class:`GridAxis`; values are parsed as YAML scalars or lists.
+
+    ``KEY1,KEY2=[a1,a2],[b1,b2]`` links keys that only make sense together (a temperature and its
+    distillation weight): each value is a list with one entry per key, and the axis has as many
+    points as values, not their product.
+    """
     key, sep, raw = text.partition("=")
     if not sep or not key or not raw.strip():
         raise ConfigError(f"--grid {text!r} is not of the form KEY=V1,V2,... (e.g. tolerance.eta=0,0.1,0.2)")
-    if key == "seeds" or key.startswith(NOT_SWEEPABLE):
-        raise ConfigError(f"--grid {key}: cannot be swept (every grid point runs the same seeds and arms; "
-                          f"set it as KEY=VALUE instead)")
+    keys = axis_keys(key)
+    for one in keys:
+        if not one or one == "seeds" or one.startswith(NOT_SWEEPABLE):
+            raise ConfigError(f"--grid {one or key!r}: cannot be swept (every grid point runs the same seeds and "
+                              f"arms; set it as KEY=VALUE instead)")
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--grid {key}: a linked key is repeated")
     values = []
     for item in split_values(raw):
         if not item.strip():
@@ -85,6 +110,9 @@ def parse_axis(text: str) -> GridAxis:
             raise ConfigError(f"--grid {text!r}: value {item!r} is not valid YAML") from None
     if len({format_value(v) for v in values}) != len(values):
         raise ConfigError(f"--grid {key}: a value is repeated")
+    if len(keys) > 1 and any(not isinstance(v, list) or len(v) != len(keys) for v in values):
+        raise ConfigError(f"--grid {key}: linked keys take values of the form [{', '.join('v' + str(i + 1) for i in range(len(keys)))}], "
+                          f"one entry per key (e.g. {key}=[1,0.5],[4,0.9])")
     return GridAxis(key, tuple(values))
 
 
@@ -100,11 +128,11 @@ def short_name(key: str, keys: list[str]) -> str:
 
 def grid_points(axes: list[GridAxis]) -> list[Point]:
     """Every combination of the axes' values, in order, each with a folder-safe readable name."""
-    keys = [axis.key for axis in axes]
+    keys = [key for axis in axes for key in axis.keys]
     width = len(str(max(0, _product_size(axes) - 1)))
     points = []
     for index, combo in enumerate(itertools.product(*(axis.values for axis in axes))):
-        settings = dict(zip(keys, combo))
+        settings = {k: v for axis, value in zip(axes, combo) for k, v in axis.settings(value).items()}
         label = "_".join(f"{short_name(k, keys)}={format_value(v)}" for k, v in settings.items())
         label = re.sub(r"[^A-Za-z0-9.=_+-]", "", label)[:120]
         points.append(Point(f"{index:0{width}d}_{label}", settings))
@@ -161,7 +189,7 @@ def make_plan(config_file: Path | None, grid: list[str], overrides: list[str], s
     if not grid:
         raise ConfigError("kdgen sweep needs at least one --grid KEY=V1,V2,...")
     axes = [parse_axis(text) for text in grid]
-    keys = [axis.key for axis in axes]
+    keys = [key for axis in axes for key in axis.keys]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"--grid: key {next(k for k in keys if keys.count(k) > 1)} is given twice")
     raw = read_yaml(config_file) if config_file is not None else {}

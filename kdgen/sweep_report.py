@@ -105,7 +105,10 @@ def build_sweep_report(out: Path) -> Path:
     summary = sweep_summary(out)
     select = summary["select"]
     arm, last = select["arm"], select["generation"]
-    keys = [k for k, _ in summary["grid"]]
+    from kdgen.sweep import axis_keys
+
+    axes = [k for k, _ in summary["grid"]]
+    keys = [key for axis in axes for key in axis_keys(axis)]
     done = sum(e["complete"] for e in summary["points"])
     seeds = sorted({c["n"] for e in summary["points"] for c in e["cells"]}, reverse=True)
     what = f"{arm} generation {last}" + (" ensemble" if select["kind"] == "ensemble" else "")
@@ -113,7 +116,7 @@ def build_sweep_report(out: Path) -> Path:
              f"points complete. Scored on the **val split only**; mean ± std over seeds (n up to {seeds[0] if seeds else 0}).",
              f"Score: val top-1 of {what}. Paired differences pair seeds: against the reference point "
              f"`{summary['reference']}`" + (f", and against the strict arm's generation {last} at the same point."
-                                            if any("vs_strict" in c for e in summary["points"] for c in e["cells"])
+                                            if any("vs_strict" in e for e in summary["points"])
                                             else " (the strict arm was not run)."),
              "Units shared between points (the baseline and strict arms in a tolerance sweep) were trained once."]
     if summary["best"] is not None:
@@ -138,7 +141,7 @@ def build_sweep_report(out: Path) -> Path:
         for c in sorted(e["cells"], key=lambda c: (*arm_sort_key(c["arm"]), c["generation"], c["kind"] != "single")):
             long_body.append([e["name"], c["arm"], str(c["generation"]), c["kind"], str(c["n"])] +
                              [format_cell(c, m, 2 if m in ("top1", "semantic") else 3) for m in SHOWN])
-    plots = [sweep_plot(summary, key, out / "plots" / f"sweep_{key.replace('.', '_')}.png") for key in keys]
+    plots = [sweep_plot(summary, key, out / "plots" / f"sweep_{key.replace('.', '_').replace(',', '+')}.png") for key in axes]
     plots = [p for p in plots if p is not None]
     tables = [("Grid points (val split)", header, body), ("Every arm and generation (val split)", long_header, long_body)]
     md = ["# kdgen sweep", "", *intro, ""]

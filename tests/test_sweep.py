@@ -11,7 +11,7 @@ from kdgen import generations
 from kdgen.checkpoint import read_json, write_json
 from kdgen.config import load_config
 from kdgen.runner import run_experiment
-from kdgen.sweep import make_plan, parse_axis, run_sweep
+from kdgen.sweep import grid_points, make_plan, parse_axis, run_sweep
 from kdgen.sweep_report import build_sweep_report
 from kdgen.unit_cache import UnitCache, unit_key
 
@@ -83,6 +83,26 @@ def test_grid_axes_parse_yaml_values_and_refuse_what_cannot_be_swept():
             parse_axis(bad)
 
 
+def test_linked_keys_move_together():
+    axis = parse_axis("distill.temperature,distill.weight=[1,0.5],[4,0.9]")
+    assert axis.keys == ["distill.temperature", "distill.weight"]
+    points = grid_points([parse_axis("tolerance.eta=0.7,0.8"), axis])
+    assert [p.settings for p in points] == [
+        {"tolerance.eta": eta, "distill.temperature": t, "distill.weight": w}
+        for eta in (0.7, 0.8) for t, w in ((1, 0.5), (4, 0.9))]
+    assert points[1].overrides() == ["tolerance.eta=0.7", "distill.temperature=4", "distill.weight=0.9"]
+    for bad, message in [("distill.temperature,distill.weight=1,4", "one entry per key"),
+                         ("distill.temperature,distill.weight=[1,0.5,2]", "one entry per key"),
+                         ("distill.weight,distill.weight=[1,0.5]", "repeated"),
+                         ("tolerance.eta,seeds=[1,[0]]", "cannot be swept")]:
+        with pytest.raises(Exception, match=message):
+            parse_axis(bad)
+    plan = make_plan(None, ["distill.temperature,distill.weight=[1,0.5],[4,0.9]"], TINY, "tolerant/last", 0)
+    assert [plan.config_for(p).distill.weight for p in plan.points()] == [0.5, 0.9]
+    with pytest.raises(Exception, match="given twice"):
+        make_plan(None, ["distill.temperature,distill.weight=[1,0.5]", "distill.weight=0.2"], TINY, "tolerant/last", 0)
+
+
 def test_every_point_is_validated_before_anything_runs():
     with pytest.raises(Exception, match="tolerance.eta"):
         make_plan(None, ["tolerance.eta=0.1,-1"], TINY, "tolerant/last", 0)
@@ -106,6 +126,9 @@ def test_sweep_scores_on_val_only_resumes_without_training_and_names_the_test_co
     assert all(c["split"] == "val" for p in summary["points"] for c in p["cells"])
     assert (out / "sweep.md").read_text().count("|") > 20 and (out / "sweep.html").exists()
     assert (out / "plots" / "sweep_tolerance_eta.png").stat().st_size > 1000
+    # the strict arm ran, so every point is compared with it (a rebuilt page once said it was not run)
+    assert all("vs_strict" in p for p in summary["points"])
+    assert "against the strict arm" in (out / "sweep.md").read_text() and "was not run" not in (out / "sweep.md").read_text()
     # eta=0 makes K irrelevant to training: the two eta=0 points have the same models, and their rows differ
     # only in the mass on ranks 2..K, measured at each point's own K
     a, b = (json.loads((out / "runs" / p["name"] / "results.json").read_text())["rows"] for p in summary["points"][:2])

@@ -1,0 +1,324 @@
+"""``kdgen transfer``: how well do a run's penultimate features serve another data set?
+
+Every model of a finished run (each arm, seed and generation) is frozen. Its *features* are the input
+of its final linear layer (the last ``nn.Linear`` of the model, or the module a model names in a
+``feature_layer`` attribute, or ``probe.layer``). A linear probe, scikit-learn's multinomial logistic
+regression on standardised features, is trained on the probe data's training split; its
+regularisation ``C`` is chosen on the probe data's val split (held out of its training split, as in
+a run); the chosen probe is scored once on the probe data's test split. This is the protocol of
+Kornblith et al. (NeurIPS 2021), who found that label smoothing and similar losses make penultimate
+features *less* transferable, against the claim of Yang et al. (AAAI 2019) that tolerant teachers'
+generations transfer better.
+
+Images of the probe data are adapted to what the models were trained on where that is unambiguous:
+grey to RGB by repeating the channel, RGB to grey by luma (ITU-R 601), and a different size by
+bilinear resizing (antialiased). Anything else is a one-line error.
+
+Rows go to ``RUN/transfer/<probe>.json`` as ``{"rows": [...], ...}``: one row per (arm, seed,
+generation, split) with ``arm``, ``seed``, ``generation``, ``kind`` (``single``), ``probe`` (the probe
+data's name), ``split`` (``val`` or ``test``), ``top1``, ``nll``, ``C`` and ``feature_dim``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import nn
+
+from kdgen.checkpoint import read_json, write_json
+from kdgen.config import DataConfig
+from kdgen.errors import ConfigError, UserError
+from kdgen.run_folder import CONFIG_FILE, RESULTS_FILE, Row
+
+TRANSFER_DIR = "transfer"
+# ITU-R BT.601 luma: what a grey version of an RGB image means in MNIST-like data.
+LUMA = (0.299, 0.587, 0.114)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProbeData(DataConfig):
+    """The probe's data: any registered source (``kdgen sources``) with every ``data.*`` key of a run;
+    only the defaults differ."""
+
+    name: str = "mnist"
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    # A fixed stratified subset of the probe's training split, N images per class (None: all of it).
+    # 500 per class keeps a probe fit at about a second for 64-d features on a 2-core CPU.
+    train_per_class: int | None = Field(500, ge=1)
+
+
+class ProbeSettings(_Strict):
+    # Inverse L2 strength of the logistic regression, chosen on the probe's val split.
+    c_values: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
+    max_iter: int = Field(1000, ge=10)
+    # The module whose *input* is the feature vector; None: the model's ``feature_layer`` attribute,
+    # else its last nn.Linear.
+    layer: str | None = None
+    batch_size: int = Field(1024, ge=1)
+
+    @field_validator("c_values")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value or any(c <= 0 for c in value):
+            raise ValueError("give at least one C, every one > 0")
+        return value
+
+
+class TransferConfig(_Strict):
+    """What ``kdgen transfer`` does; KEY=VALUE overrides set ``data.*`` and ``probe.*``."""
+
+    data: ProbeData = ProbeData()
+    probe: ProbeSettings = ProbeSettings()
+
+
+def transfer_config(data: str, root: str | None = None, overrides: Iterable[str] = ()) -> TransferConfig:
+    """The validated config of one transfer; mistakes are one-line :class:`ConfigError`."""
+    import difflib
+
+    from kdgen.config import apply_overrides
+
+    raw = apply_overrides({"data": {"name": data, "root": root}}, list(overrides))
+    try:
+        return TransferConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            section = {"data": ProbeData, "probe": ProbeSettings}.get(str(first["loc"][0]))
+            known = [f"{first['loc'][0]}.{k}" for k in section.model_fields] if section else ["data", "probe"]
+            close = difflib.get_close_matches(where, known, n=1)
+            raise ConfigError(f"transfer: unknown key {where!r}" + (f" (did you mean {close[0]!r}?)" if close else "")) from None
+        value = first.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        raise ConfigError(f"transfer: {where}: {first['msg'].removeprefix('Value error, ')}{shown}") from None
+
+
+# --- features -----------------------------------------------------------------------------------
+def feature_module(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Module]:
+    """(name, module) whose input is the model's feature vector.
+
+    ``layer`` names a module (as in ``model.named_modules()``); without it a model's own
+    ``feature_layer`` attribute (a module name) decides, else its last ``nn.Linear``: the classifier
+    of every model in kdgen's zoo.
+    """
+    modules = dict(model.named_modules())
+    name = layer if layer is not None else getattr(model, "feature_layer", None)
+    if name is not None:
+        if name not in modules:
+            raise UserError(f"feature layer {name!r} is not a module of {type(model).__name__} "
+                            f"(some of its modules: {', '.join(n for n in list(modules)[1:6])})")
+        return name, modules[name]
+    linear = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
+    if not linear:
+        raise UserError(f"{type(model).__name__} has no nn.Linear layer; name the feature layer with probe.layer=NAME "
+                        "or a feature_layer attribute on the model")
+    return linear[-1]
+
+
+def adapt_images(images: torch.Tensor, shape: tuple[int, int, int]) -> tuple[torch.Tensor, str]:
+    """uint8 ``(N, C, H, W)`` made to the model's ``(C, H, W)``, and a note of what changed ("" if nothing)."""
+    channels, height, width = shape
+    notes = []
+    have = images.shape[1]
+    if have != channels:
+        if have == 1 and channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+            notes.append("grey to RGB")
+        elif have == 3 and channels == 1:
+            weights = torch.tensor(LUMA).view(1, 3, 1, 1)
+            images = (images.float() * weights).sum(dim=1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+            notes.append("RGB to grey")
+        else:
+            raise UserError(f"the probe images have {have} channel(s) and the models take {channels}; "
+                            "only grey <-> RGB can be converted")
+    if tuple(images.shape[2:]) != (height, width):
+        notes.append(f"{images.shape[2]}x{images.shape[3]} resized to {height}x{width}")
+        images = F.interpolate(images.float(), size=(height, width), mode="bilinear", antialias=True,
+                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return images, ", ".join(notes)
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, images: torch.Tensor, mean: Iterable[float], std: Iterable[float],
+                     layer: str | None = None, batch_size: int = 1024) -> np.ndarray:
+    """Penultimate features (the input of :func:`feature_module`) of uint8 ``images``, normalised as in
+    training, in fp32 with the model in eval mode: ``(N, D)`` float32."""
+    _, module = feature_module(model, layer)
+    mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _m, inputs: captured.append(torch.flatten(inputs[0], 1).float()))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            x = (images[start:start + batch_size].float() / 255.0 - mean_t) / std_t
+            model(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(captured).numpy() if captured else np.zeros((0, 0), dtype=np.float32)
+
+
+# --- the probe ----------------------------------------------------------------------------------
+def fit_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+              c_values: Iterable[float], max_iter: int = 1000, seed: int = 0) -> tuple[Any, float]:
+    """The logistic-regression probe (standardised features) with the C of best val top-1 (ties: lower
+    val NLL), fitted on ``train``; returns (fitted pipeline, chosen C)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    best: tuple[tuple[float, float], Any, float] | None = None
+    for c in c_values:
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
+        with warnings.catch_warnings():
+            # A strongly regularised probe can stop at max_iter a hair from the optimum; its val score decides.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            probe.fit(*train)
+        top1, nll = score_probe(probe, *val)
+        if best is None or (top1, -nll) > best[0]:
+            best = ((top1, -nll), probe, float(c))
+    assert best is not None
+    return best[1], best[2]
+
+
+def score_probe(probe: Any, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(top-1 in %, NLL in nats) of a fitted probe; classes the probe never saw get probability 0."""
+    probs = np.zeros((len(labels), int(max(labels.max(), probe.classes_.max())) + 1))
+    probs[:, probe.classes_] = probe.predict_proba(features)
+    top1 = 100.0 * float((probs.argmax(axis=1) == labels).mean())
+    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    return top1, nll
+
+
+# --- a run ----------------------------------------------------------------------------------------
+def _finished_units(run_dir: Path) -> list[tuple[str, int, int]]:
+    """(arm, seed, generation) of every single model of a finished run, in the run's order."""
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / RESULTS_FILE).is_file():
+        raise UserError(f"{run_dir}: not a kdgen run folder (no {CONFIG_FILE} and {RESULTS_FILE})")
+    results = read_json(run_dir / RESULTS_FILE)
+    if not isinstance(results, dict) or not results.get("complete"):
+        raise UserError(f"{run_dir}: the run has not finished (results.json says complete: false); "
+                        "finish it with kdgen run --resume first")
+    seen: dict[tuple[str, int, int], None] = {}
+    for row in results.get("rows", []):
+        if row.get("kind") == "single":
+            seen[(str(row["arm"]), int(row["seed"]), int(row["generation"]))] = None
+    return list(seen)
+
+
+def _probe_splits(cfg: TransferConfig) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+    """uint8 images and labels of the probe data's train (subset), val and test splits."""
+    from kdgen.data import load_bundle
+
+    data = load_bundle(cfg.data)
+    splits = {}
+    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+        images = getattr(split, "images", None)
+        if images is None:  # a streamed image folder: decode it once, for every model
+            dataset = split.for_eval().dataset() if hasattr(split, "for_eval") else split.dataset()
+            images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        splits[name] = (images, split.labels.numpy())
+    return splits
+
+
+def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | None = None,
+                 model_factory: Callable[[], nn.Module] | None = None,
+                 progress: Callable[[str], None] | None = None) -> Path:
+    """Probe every model of ``run_dir`` on ``cfg.data``; write and return ``<out or RUN/transfer>/<probe>.json``.
+
+    ``model_factory`` rebuilds the models of a run of the Python API (your own model), as for
+    :func:`kdgen.load`. Refuses to overwrite an existing file.
+    """
+    from kdgen.inference import load
+
+    run_dir = Path(run_dir)
+    units = _finished_units(run_dir)
+    folder = Path(out) if out is not None else run_dir / TRANSFER_DIR
+    path = folder / f"{cfg.data.name}.json"
+    if path.exists():
+        raise UserError(f"{path} exists; kdgen does not overwrite it (remove it, or write elsewhere with --out DIR)")
+    splits = _probe_splits(cfg)
+    rows: list[Row] = []
+    adapted = ""
+    for index, (arm, seed, generation) in enumerate(units):
+        classifier = load(run_dir, f"{arm}/{seed}/{generation}", model_factory, precision="fp32")
+        model = classifier.members[0]
+        mean = (classifier.shift / classifier.scale / 255.0).flatten().tolist()  # scale = 1/(255 std), shift = mean/std
+        std = (1.0 / (255.0 * classifier.scale)).flatten().tolist()
+        features = {}
+        for name, (images, labels) in splits.items():
+            images, adapted = adapt_images(images, classifier.image_shape)  # type: ignore[arg-type]
+            features[name] = (extract_features(model, images, mean, std, cfg.probe.layer, cfg.probe.batch_size), labels)
+        probe, c = fit_probe(features["train"], features["val"], cfg.probe.c_values, cfg.probe.max_iter, seed)
+        for split in ("val", "test"):
+            top1, nll = score_probe(probe, *features[split])
+            rows.append({"arm": arm, "seed": seed, "generation": generation, "kind": "single",
+                         "probe": cfg.data.name, "split": split, "top1": top1, "nll": nll, "C": c,
+                         "feature_dim": int(features["train"][0].shape[1])})
+        if progress is not None:
+            progress(f"{index + 1}/{len(units)} {arm}/{seed}/{generation}: probe test top-1 {rows[-1]['top1']:.2f} (C {c:g})")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"rows": rows, "run": str(run_dir), "config": cfg.model_dump(mode="json"),
+                      "adapted": adapted or "nothing", "probe_sizes": {k: int(len(v[1])) for k, v in splits.items()}})
+    return path
+
+
+def load_transfer(run_dir: Path) -> dict[str, list[Row]]:
+    """``{probe name: rows}`` of every ``RUN/transfer/*.json`` (none: {})."""
+    found = {}
+    for path in sorted((Path(run_dir) / TRANSFER_DIR).glob("*.json")):
+        payload = read_json(path)
+        rows = payload.get("rows") if isinstance(payload, dict) else None
+        if isinstance(rows, list) and rows:
+            found[str(rows[0].get("probe", path.stem))] = rows
+    return found
+
+
+def transfer_blocks(run_dir: Path) -> list[tuple]:
+    """The report section: per probe data set, test top-1 and NLL per arm and generation, and the arms
+    compared per generation, paired by seed (tolerant − strict, strict − baseline)."""
+    from kdgen.report import diff_table, format_cell, summarize
+
+    probes = load_transfer(run_dir)
+    if not probes:
+        return []
+    blocks: list[tuple] = [("h2", "Transfer: linear probes on other data"),
+                           ("p", "Each frozen model's penultimate features (the input of its final linear layer) feed a "
+                                 "logistic-regression probe trained on the probe data's training split; its C was chosen "
+                                 "on the probe data's val split; the numbers are on the probe data's test split. "
+                                 "`kdgen transfer RUN --data NAME` adds a probe.")]
+    for probe, rows in probes.items():
+        summary = summarize(rows)
+        cells = [e for e in summary if e["split"] == "test"]
+        body = [[str(e["arm"]), str(e["generation"]), str(e["n"]), format_cell(e, "top1"), format_cell(e, "nll", 3)]
+                for e in cells]
+        blocks.append(("table", f"Probe on {probe}: test split, mean ± std over seeds", ["arm", "gen", "n",
+                                                                                       "probe top1", "probe NLL"], body))
+        header, diffs = diff_table(rows, "test")
+        if diffs:
+            blocks.append(("table", f"Probe on {probe}: arms compared, paired by seed (test split)", header, diffs))
+    return blocks
+
+
+def transfer_text(path: Path) -> str:
+    """The console summary of one transfer file: probe test top-1 per arm and generation."""
+    from kdgen.report import format_cell, summarize, text_table
+
+    rows = read_json(path)["rows"]
+    cells = [e for e in summarize(rows) if e["split"] == "test"]
+    body = [[str(e["arm"]), str(e["generation"]), str(e["n"]), format_cell(e, "top1"), format_cell(e, "nll", 3)]
+            for e in cells]
+    return text_table(["arm", "gen", "n", "probe top1 (test)", "probe NLL"], body)
