@@ -84,6 +84,15 @@ def paired_stats(a: dict[int, float], b: dict[int, float]) -> dict[str, float] |
             "p": p_value}
 
 
+def detectable_effect(std: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean difference a two-sided paired t-test over ``n`` seeds detects with probability
+    ``power`` at level ``alpha``, given the differences' sample std: ``(t_(1-alpha/2) + t_power) * std / sqrt(n)``
+    with n − 1 degrees of freedom (NaN below two seeds). What a null result with these seeds can rule out."""
+    if n < 2 or not math.isfinite(std):
+        return float("nan")
+    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * std / math.sqrt(n))
+
+
 def best_unit(rows: Iterable[Row]) -> dict[str, object] | None:
     """The single model to keep, chosen on the *val* split only.
 
@@ -155,14 +164,15 @@ def _p_text(p: float) -> str:
 
 def diff_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]:
     """Arm against arm at the same generation, paired by seed (ensembles against ensembles): top-1 and NLL."""
-    header = ["comparison", "gen", "n", "Δ top1 (points)", "p (paired t)", "Δ NLL", "p (NLL)"]
+    header = ["comparison", "gen", "n", "Δ top1 (points)", "p (paired t)", "detectable (80 %)", "Δ NLL", "p (NLL)"]
     body = []
     for arm_a, arm_b, kind in comparisons({str(r["arm"]) for r in rows}):
         label = f"{arm_a} − {arm_b}" + (" (ensemble)" if kind == "ensemble" else "")
         nll = {d["generation"]: d for d in paired_differences(rows, arm_a, arm_b, split=split, kind=kind, metric="nll")}
         for d in paired_differences(rows, arm_a, arm_b, split=split, kind=kind):
+            detectable = detectable_effect(float(d["std"]), int(d["n"]))
             line = [label, str(d["generation"]), str(d["n"]), f"{_signed(float(d['mean']))} ± {float(d['std']):.2f}",
-                    _p_text(float(d["p"]))]
+                    _p_text(float(d["p"])), "–" if math.isnan(detectable) else f"±{detectable:.2f}"]
             e = nll.get(d["generation"])
             line += ["–", "–"] if e is None else [f"{float(e['mean']):+.3f} ± {float(e['std']):.3f}", _p_text(float(e["p"]))]
             body.append(line)

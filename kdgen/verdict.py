@@ -32,6 +32,7 @@ class Finding:
     low: float
     high: float
     p: float
+    detectable: float = math.nan  # smallest |difference| these seeds detect with 80 % power
 
     @property
     def label(self) -> str:
@@ -47,7 +48,9 @@ class Finding:
         if not math.isnan(self.p) and self.p < ALPHA:
             word = "better" if self.mean > 0 else "worse"
             return f"{self.label}: {self.arm} is **{word}** with {seeds}, {numbers}."
-        return f"{self.label}: **no significant difference** with {seeds}, {numbers}."
+        power = "" if math.isnan(self.detectable) else \
+            f"; these seeds would detect a true difference of ±{self.detectable:.2f} points with 80 % power"
+        return f"{self.label}: **no significant difference** with {seeds}, {numbers}{power}."
 
 
 def _signed(value: float) -> str:
@@ -66,7 +69,7 @@ def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, ot
     """``a − b`` paired over the seeds both have (the report's :func:`~kdgen.report.paired_stats`, so p is
     n/a below two seeds or when every difference is the same), with its 95 % interval; None without a
     common seed."""
-    from kdgen.report import paired_stats
+    from kdgen.report import detectable_effect, paired_stats
 
     paired = paired_stats(values_a, values_b)
     if paired is None:
@@ -75,7 +78,8 @@ def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, ot
     if n < 2:
         return Finding(arm, other, kind, generation, n, mean, math.nan, math.nan, math.nan)
     half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * float(paired["std"]) / math.sqrt(n)
-    return Finding(arm, other, kind, generation, n, mean, mean - half, mean + half, float(paired["p"]))
+    return Finding(arm, other, kind, generation, n, mean, mean - half, mean + half, float(paired["p"]),
+                   detectable_effect(float(paired["std"]), n))
 
 
 def findings(rows: list[Row], split: str = "test") -> list[Finding]:

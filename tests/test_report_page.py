@@ -142,3 +142,20 @@ def test_report_of_several_runs_is_one_comparison_page(run, tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
     assert main(["report", str(run), "--out", str(out)]) == 2  # never overwrites
     assert "not empty" in capsys.readouterr().err
+
+
+def test_detectable_effect_is_the_paired_t_tests_80_percent_power_point():
+    from kdgen.report import detectable_effect
+
+    # (t_0.975,9 + t_0.8,9) / sqrt(10) = (2.2622 + 0.8834) / 3.1623
+    assert detectable_effect(1.0, 10) == pytest.approx(0.9947, abs=1e-3)
+    assert detectable_effect(2.0, 10) == pytest.approx(2 * 0.9947, abs=2e-3)
+    assert math.isnan(detectable_effect(1.0, 1))
+    # by simulation: a true effect of that size is found about 80 % of the time
+    import numpy as np
+    from scipy import stats as st
+
+    rng = np.random.default_rng(0)
+    effect = detectable_effect(1.0, 10)
+    hits = sum(st.ttest_1samp(rng.normal(effect, 1.0, 10), 0.0).pvalue < 0.05 for _ in range(4000))
+    assert 0.76 < hits / 4000 < 0.84
