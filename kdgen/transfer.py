@@ -306,7 +306,7 @@ def load_transfer(run_dir: Path) -> dict[str, list[Row]]:
 def transfer_blocks(run_dir: Path) -> list[tuple]:
     """The report section: per probe data set, test top-1 and NLL per arm and generation, and the arms
     compared per generation, paired by seed (tolerant − strict, strict − baseline)."""
-    from kdgen.report import diff_table, format_cell, summarize
+    from kdgen.report import diff_table
 
     probes = load_transfer(run_dir)
     if not probes:
@@ -317,12 +317,7 @@ def transfer_blocks(run_dir: Path) -> list[tuple]:
                                  "on the probe data's val split; the numbers are on the probe data's test split. "
                                  "`kdgen transfer RUN --data NAME` adds a probe.")]
     for probe, rows in probes.items():
-        summary = summarize(rows)
-        cells = [e for e in summary if e["split"] == "test"]
-        body = [[str(e["arm"]), str(e["generation"]), str(e["n"]), format_cell(e, "top1"), format_cell(e, "nll", 3)]
-                for e in cells]
-        blocks.append(("table", f"Probe on {probe}: test split, mean ± std over seeds", ["arm", "gen", "n",
-                                                                                       "probe top1", "probe NLL"], body))
+        blocks.append(("table", f"Probe on {probe}: test split, mean ± std over seeds", *_probe_table(rows)))
         header, diffs = diff_table(rows, "test")
         if diffs:
             blocks.append(("table", f"Probe on {probe}: arms compared, paired by seed (test split)", header, diffs))
@@ -331,10 +326,16 @@ def transfer_blocks(run_dir: Path) -> list[tuple]:
 
 def transfer_text(path: Path) -> str:
     """The console summary of one transfer file: probe test top-1 per arm and generation."""
-    from kdgen.report import format_cell, summarize, text_table
+    from kdgen.report import text_table
 
-    rows = read_json(path)["rows"]
+    return text_table(*_probe_table(read_json(path)["rows"]))
+
+
+def _probe_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """Probe test top-1 and NLL per arm and generation, mean ± std over seeds."""
+    from kdgen.report import format_cell, summarize
+
     cells = [e for e in summarize(rows) if e["split"] == "test"]
-    body = [[str(e["arm"]), str(e["generation"]), str(e["n"]), format_cell(e, "top1"), format_cell(e, "nll", 3)]
-            for e in cells]
-    return text_table(["arm", "gen", "n", "probe top1 (test)", "probe NLL"], body)
+    return (["arm", "gen", "n", "probe top1 (test)", "probe NLL (test)"],
+            [[str(e["arm"]), str(e["generation"]), str(e["n"]), format_cell(e, "top1"), format_cell(e, "nll", 3)]
+             for e in cells])

@@ -1,0 +1,66 @@
+"""Compare arms taken from different run folders, paired by seed, generation by generation.
+
+For studies whose arms live in separate runs (a label-smoothing patriarch's line in one sweep point, a TSD
+patriarch's in another, the strict line in a third)::
+
+    python scripts/compare_arms.py --split val --reference strict \\
+        strict=sweeps/a/runs/0_eta=0.83/strict tsd=sweeps/a/runs/0_eta=0.83/tolerant \\
+        ls=sweeps/c-ls/runs/1_epsilon=0.1/tolerant
+
+Each ``LABEL=RUN/ARM`` names one line of models. Units depend only on their seed and settings, so the same
+seed in two runs of the same data and recipe is a fair pair. Prints a markdown table: per label and
+generation, mean ± std of top-1 and confidence over seeds, and the paired difference to the reference with
+its p (two-sided paired t-test) and the smallest difference the seeds detect with 80 % power.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from kdgen.report import _p_text, detectable_effect, format_cell, load_rows, paired_stats, summarize, values_by_cell
+
+
+def line_rows(spec: str) -> tuple[str, list[dict]]:
+    label, _, where = spec.partition("=")
+    run, _, arm = where.rpartition("/")
+    if not label or not run or not arm:
+        raise SystemExit(f"{spec!r}: expected LABEL=RUN/ARM")
+    rows = [dict(r, arm=label) for r in load_rows(Path(run)) if r["arm"] == arm]
+    if not rows:
+        raise SystemExit(f"{spec!r}: arm {arm!r} has no rows in {run}")
+    return label, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("lines", nargs="+", metavar="LABEL=RUN/ARM")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--reference", required=True, metavar="LABEL")
+    args = parser.parse_args()
+    rows = [row for spec in args.lines for row in line_rows(spec)[1]]
+    labels = [spec.partition("=")[0] for spec in args.lines]
+    if args.reference not in labels:
+        raise SystemExit(f"--reference {args.reference!r} is not one of {labels}")
+    summary = {(e["arm"], e["generation"]): e for e in summarize(rows)
+               if e["split"] == args.split and e["kind"] == "single"}
+    top1 = values_by_cell(rows, args.split)
+    print(f"| line | gen | n | top-1 ({args.split}) | confidence | − {args.reference} | p | detectable (80 %) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label in labels:
+        for generation in sorted(g for (a, g) in summary if a == label):
+            entry = summary[(label, generation)]
+            diff = None if label == args.reference else paired_stats(
+                top1[(label, generation, "single")], top1.get((args.reference, generation, "single"), {}))
+            text = ["–", "–", "–"]
+            if diff is not None:
+                detectable = detectable_effect(diff["std"], int(diff["n"]))
+                text = [f"{diff['mean']:+.2f} ± {diff['std']:.2f}", _p_text(diff["p"]),
+                        "–" if math.isnan(detectable) else f"±{detectable:.2f}"]
+            print(f"| {label} | {generation} | {entry['n']} | {format_cell(entry, 'top1')} | "
+                  f"{format_cell(entry, 'conf', 3)} | " + " | ".join(text) + " |")
+
+
+if __name__ == "__main__":
+    main()
