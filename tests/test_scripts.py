@@ -28,6 +28,16 @@ def test_compare_runs_pairs_cells_by_seed(tmp_path):
     assert "all 3 paired cells: mean B − A +1.167, std 0.29, mean seed-to-seed std 2.13" in out
 
 
+def test_compare_arms_pairs_lines_from_different_runs_by_seed(tmp_path):
+    a = write_run(tmp_path / "a", {0: 90.0, 1: 92.0, 2: 94.0})
+    b = write_run(tmp_path / "b", {0: 91.0, 1: 93.0, 2: 95.5})
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_arms.py"), "--split", "test", "--reference",
+                          "ref", f"ref={a}/strict", f"other={b}/strict"], capture_output=True, text=True, check=True).stdout
+    assert "| ref | 1 | 3 | 92.00 ± 2.00 | – | – | – | – |" in out
+    # +1, +1, +1.5: mean 1.17, std 0.29, paired t p = 0.020; detectable (t_0.975,2 4.30 + t_0.8,2 1.06) * 0.289 / sqrt(3)
+    assert "| other | 1 | 3 | 93.17 ± 2.25 | – | +1.17 ± 0.29 | 0.020 | ±0.89 |" in out
+
+
 def test_throughput_benchmark_prints_every_figure(tmp_path):
     """A tiny end-to-end run of benchmarks/throughput.py, so the benchmark cannot rot (figures are not checked)."""
     out = tmp_path / "figures.json"
