@@ -119,10 +119,19 @@ def _spans_decades(values: list) -> bool:
     return len(positive) >= 2 and max(positive) / min(positive) >= 20
 
 
+# Short names for legends and ticks of the usual swept keys.
+SHORT = {"temperature": "T", "weight": "w", "eta": "η", "epsilon": "ε", "beta": "β", "confidence": "c"}
+
+
+def _short(key: str) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    return SHORT.get(leaf, leaf)
+
+
 def _axis_label(keys: list[str], value: object) -> str:
     if len(keys) == 1:
         return str(value)
-    return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in zip(keys, value))  # type: ignore[call-overload]
+    return ", ".join(f"{_short(k)} {v}" for k, v in zip(keys, value))  # type: ignore[call-overload]
 
 
 def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
@@ -152,7 +161,7 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
     else:
         second_keys = axis_keys(second)
         second_values = list(dict.fromkeys(_axis_value(e, second_keys) for e in points))
-        groups = [(_axis_label(second_keys, v) if len(second_keys) > 1 else f"{second.rsplit('.', 1)[-1]} {v}",
+        groups = [(_axis_label(second_keys, v) if len(second_keys) > 1 else f"{_short(second)} {v}",
                    palette(i % 10), [e for e in points if _axis_value(e, second_keys) == v], [last])
                   for i, v in enumerate(second_values)]
     fig, (left, zoom, right) = plt.subplots(1, 3, figsize=(15.0, 4.2), dpi=110)
@@ -191,7 +200,7 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         if ax is not zoom:
-            ax.legend(fontsize=7, ncol=2 if ax is left else 1)
+            ax.legend(fontsize=7 if second is None else 6.5, ncol=2 if ax is left else 1, loc="best")
         if not numeric:
             ax.set_xticks(range(len(values)), [_axis_label(keys, v) for v in values])
         elif _spans_decades(values):
