@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_serializer,
+                      model_validator)
 
 from kdgen import arms as arm_registry
 from kdgen.errors import ConfigError
@@ -42,6 +43,9 @@ class DataConfig(_Strict):
     # A fixed stratified subset of N training images per class (after the val split), the same for
     # every seed and arm: the data-limited regime where self-distillation pays. None: all of them.
     train_per_class: int | None = Field(None, ge=1)
+    # Only these classes (the source's class indices), relabelled 0..n-1 in this order: e.g. models trained on
+    # Fashion-MNIST's classes 0-4 and probed on 5-9 (kdgen transfer's held-out-classes protocol). None: all.
+    classes: list[int] | None = None
     augment: AugmentConfig = AugmentConfig()
     # Decode image folders on the fly (DataLoader workers) instead of keeping them resident;
     # None decides by size (see kdgen.data.imagefolder).
@@ -56,6 +60,21 @@ class DataConfig(_Strict):
     train_crop: int = Field(224, ge=8)
     eval_resize: int = Field(256, ge=8)
     eval_crop: int = Field(224, ge=8)
+
+    @field_validator("classes")
+    @classmethod
+    def _class_list(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) < 2 or len(set(value)) != len(value) or min(value) < 0):
+            raise ValueError("give at least two different class indices, each >= 0")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_classes(self, handler: Any) -> dict[str, Any]:
+        # A config without a class filter serialises as before the key existed: same config.yaml, same unit keys.
+        data = handler(self)
+        if data.get("classes") is None:
+            data.pop("classes", None)
+        return data
 
     @field_validator("name")
     @classmethod

@@ -14,6 +14,9 @@ Images of the probe data are adapted to what the models were trained on where th
 grey to RGB by repeating the channel, RGB to grey by luma (ITU-R 601), and a different size by
 bilinear resizing (antialiased). Anything else is a one-line error.
 
+Held-out classes: train a run on some classes (``data.classes=[0,1,2,3,4]``) and probe the same source on
+the others (``kdgen transfer RUN --data fashion-mnist data.classes=[5,6,7,8,9]``).
+
 Rows go to ``RUN/transfer/<probe>.json`` as ``{"rows": [...], ...}``: one row per (arm, seed,
 generation, split) with ``arm``, ``seed``, ``generation``, ``kind`` (``single``), ``probe`` (the probe
 data's name), ``split`` (``val`` or ``test``), ``top1``, ``nll``, ``C`` and ``feature_dim``.
@@ -261,7 +264,7 @@ def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | 
     run_dir = Path(run_dir)
     units = _finished_units(run_dir)
     folder = Path(out) if out is not None else run_dir / TRANSFER_DIR
-    path = folder / f"{cfg.data.name}.json"
+    path = folder / f"{probe_label(cfg).replace(' ', '-').replace(',', '-')}.json"
     if path.exists():
         raise UserError(f"{path} exists; kdgen does not overwrite it (remove it, or write elsewhere with --out DIR)")
     splits = _probe_splits(cfg)
@@ -282,7 +285,7 @@ def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | 
         for split in ("val", "test"):
             top1, nll = score_probe(probe, *features[split])
             rows.append({"arm": arm, "seed": seed, "generation": generation, "kind": "single",
-                         "probe": cfg.data.name, "split": split, "top1": top1, "nll": nll, "C": c,
+                         "probe": probe_label(cfg), "split": split, "top1": top1, "nll": nll, "C": c,
                          "feature_dim": int(features["train"][0].shape[1])})
         if progress is not None:
             progress(f"{index + 1}/{len(units)} {arm}/{seed}/{generation}: probe test top-1 {rows[-1]['top1']:.2f} (C {c:g})")
@@ -290,6 +293,12 @@ def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | 
     write_json(path, {"rows": rows, "run": str(run_dir), "config": cfg.model_dump(mode="json"),
                       "adapted": adapted or "nothing", "probe_sizes": {k: int(len(v[1])) for k, v in splits.items()}})
     return path
+
+
+def probe_label(cfg: TransferConfig) -> str:
+    """The probe data's name in rows and file names: the source, and its classes where ``data.classes`` picks some."""
+    classes = cfg.data.classes
+    return cfg.data.name if classes is None else f"{cfg.data.name} classes {','.join(map(str, classes))}"
 
 
 def load_transfer(run_dir: Path) -> dict[str, list[Row]]:

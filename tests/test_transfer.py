@@ -141,6 +141,32 @@ def test_transfer_probes_every_model_of_a_run_and_adds_a_report_section(tmp_path
     elsewhere = kdgen("transfer", str(run), *PROBE, "--out", str(tmp_path / "probes"))
     assert elsewhere.returncode == 0, elsewhere.stderr
     assert read_json(tmp_path / "probes" / "synthetic.json")["rows"] == rows  # same models, same probes
+    # held-out classes: the probe sees only the classes named, relabelled
+    held_out = kdgen("transfer", str(run), *PROBE, "data.classes=[2,0]", "--out", str(tmp_path / "probes"))
+    assert held_out.returncode == 0, held_out.stderr
+    rows = read_json(tmp_path / "probes" / "synthetic-classes-2-0.json")["rows"]
+    assert {r["probe"] for r in rows} == {"synthetic classes 2,0"} and len(rows) == len(units) * 2
+
+
+def test_data_classes_keeps_and_relabels_the_classes_named():
+    from kdgen.config import load_config
+    from kdgen.data import load_bundle
+
+    cfg = load_config(None, ["data.name=synthetic", "data.num_train=200", "data.classes=[3,1]"])
+    full = load_bundle(load_config(None, ["data.name=synthetic", "data.num_train=200"]).data)
+    bundle = load_bundle(cfg.data)
+    assert bundle.class_names == ["class3", "class1"] and bundle.num_classes == 2
+    for part, whole in ((bundle.test, full.test),):
+        assert len(part) == int(((whole.labels == 3) | (whole.labels == 1)).sum())
+        assert torch.equal(part.images[part.labels == 0], whole.images[whole.labels == 3])
+    assert set(bundle.train.labels.tolist()) == {0, 1}
+    # a config without the key serialises as before it existed (config.yaml and unit-cache keys unchanged)
+    assert "classes" not in load_config(None).to_dict()["data"] and cfg.to_dict()["data"]["classes"] == [3, 1]
+    for bad in ("[1]", "[1,1]", "[-1,2]"):
+        with pytest.raises(UserError, match="classes"):
+            load_config(None, [f"data.classes={bad}"])
+    with pytest.raises(UserError, match="above 9"):
+        load_bundle(load_config(None, ["data.name=synthetic", "data.classes=[3,10]"]).data)
 
 
 def test_transfer_refuses_unfinished_runs_bad_paths_and_missing_data(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Callable
 
-from kdgen.data.base import AugmentSpec, DataBundle, SourceData, Split, make_bundle
+from kdgen.data.base import AugmentSpec, DataBundle, SourceData, Split, make_bundle, select_classes
 
 if TYPE_CHECKING:
     from kdgen.config import DataConfig
@@ -58,6 +58,8 @@ def load_source(cfg: "DataConfig") -> SourceData:
 def load_bundle(cfg: "DataConfig") -> DataBundle:
     """Load the source named in ``cfg``, split off validation data, and apply augmentation overrides."""
     source = load_source(cfg)
+    if cfg.classes is not None:
+        source = select_classes(source, cfg.classes, cfg.name)
     augment = AugmentSpec(
         translate=source.augment.translate if cfg.augment.translate is None else cfg.augment.translate,
         hflip=source.augment.hflip if cfg.augment.hflip is None else cfg.augment.hflip,

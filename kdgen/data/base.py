@@ -227,6 +227,27 @@ def make_bundle(source: SourceData, val_fraction: float, split_seed: int = 0, *,
                       train_eval=train_sample(train, train_eval_size, split_seed), class_groups=source.class_groups)
 
 
+def select_classes(source: SourceData, classes: list[int], where: str) -> SourceData:
+    """``source`` with only the images of ``classes`` (its class indices), relabelled 0..n-1 in that order;
+    class names and groups follow. Resident splits only."""
+    if max(classes) >= source.num_classes:
+        raise DataError(f"{where}: data.classes {classes} names a class above {source.num_classes - 1}")
+    remap = torch.full((source.num_classes,), -1, dtype=torch.long)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    splits = []
+    for name, split in (("train", source.train), ("test", source.test)):
+        if not isinstance(split, Split):
+            raise DataError(f"{where}: data.classes works on resident data, not on a streamed {name} split")
+        keep = remap[split.labels] >= 0
+        splits.append(Split(split.images[keep], remap[split.labels[keep]]))
+    groups = None
+    if source.class_groups is not None:
+        groups = [[int(remap[c]) for c in group if remap[c] >= 0] for group in source.class_groups]
+        groups = [group for group in groups if group] or None
+    return SourceData(train=splits[0], test=splits[1], class_names=[source.class_names[c] for c in classes],
+                      augment=source.augment, mean=source.mean, std=source.std, class_groups=groups)
+
+
 def train_sample(train: AnySplit, size: int, seed: int) -> AnySplit:
     """A fixed sample of at most ``size`` training examples, in evaluation form (no augmentation)."""
     if len(train) > size:
