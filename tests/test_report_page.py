@@ -159,3 +159,18 @@ def test_detectable_effect_is_the_paired_t_tests_80_percent_power_point():
     effect = detectable_effect(1.0, 10)
     hits = sum(st.ttest_1samp(rng.normal(effect, 1.0, 10), 0.0).pvalue < 0.05 for _ in range(4000))
     assert 0.76 < hits / 4000 < 0.84
+
+
+def test_a_run_near_its_ceiling_says_why_it_cannot_show_much():
+    from kdgen.report_page import ceiling_note
+
+    def rows(level):
+        return [{"arm": arm, "generation": g, "kind": "single", "seed": s, "split": "test",
+                 "top1": level + 0.1 * ((s * 7 + g + len(arm)) % 5), "nll": 0.1, "ece": 0.01}
+                for arm in ("strict", "tolerant") for g in (0, 1, 2) for s in (0, 1, 2)]
+
+    near = rows(99.2)
+    note = ceiling_note(near, findings(near, "test"))
+    assert note is not None and "ceiling" in note and "99." in note
+    far = rows(82.0)
+    assert ceiling_note(far, findings(far, "test")) is None
