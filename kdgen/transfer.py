@@ -197,10 +197,13 @@ def fit_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from threadpoolctl import threadpool_limits
+
     best: tuple[tuple[float, float], Any, float] | None = None
     for c in c_values:
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
-        with warnings.catch_warnings():
+        # BLAS threads as many as torch's: more oversubscribe a shared CPU (measured: half the time in the kernel)
+        with warnings.catch_warnings(), threadpool_limits(torch.get_num_threads()):
             # A strongly regularised probe can stop at max_iter a hair from the optimum; its val score decides.
             warnings.simplefilter("ignore", ConvergenceWarning)
             probe.fit(*train)
