@@ -266,7 +266,9 @@ def upgrade_recorded(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
+def format_validation_error(error: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    """The first error of validating against ``root`` (default :class:`Config`) as one line naming the key,
+    with a did-you-mean for unknown keys."""
     first = error.errors()[0]
     parts = [str(part) for part in first["loc"]]
     method = None
@@ -275,7 +277,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     location = ".".join(parts)
     if first["type"] == "extra_forbidden":
         parent_path, _, leaf = location.rpartition(".")
-        known = list(METHODS[method].model_fields) if method else _known_keys(parent_path)
+        known = list(METHODS[method].model_fields) if method else _known_keys(parent_path, root or Config)
         close = difflib.get_close_matches(leaf, known, n=1)
         hint = f" (did you mean {'.'.join(filter(None, [parent_path, close[0]]))!r}?)" if close else ""
         return f"{source}: unknown key {location!r}{hint}"
@@ -290,8 +292,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     return f"{source}: {location}: {message}{shown}" if location else f"{source}: {message}"
 
 
-def _known_keys(dotted_parent: str) -> list[str]:
-    model: type[BaseModel] = Config
+def _known_keys(dotted_parent: str, root: type[BaseModel]) -> list[str]:
+    model = root
     for part in filter(None, dotted_parent.split(".")):
         annotation = model.model_fields[part].annotation if part in model.model_fields else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
@@ -351,7 +353,7 @@ def build_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -44,6 +44,7 @@ class Classifier(nn.Module):
         std_t = torch.tensor(std, dtype=torch.float32)
         self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(1, -1, 1, 1))
         self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1))
+        self.mean, self.std = [float(m) for m in mean], [float(v) for v in std]  # per channel, [0, 1] units
         self.class_names = list(class_names)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.precision = precision

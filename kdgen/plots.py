@@ -116,7 +116,7 @@ def _cell_series(points: list[dict], arm: str, generation: int, metric: str) -> 
 
 def _spans_decades(values: list) -> bool:
     positive = [v for v in values if v > 0]
-    return len(positive) >= 2 and max(positive) / min(positive) >= 20
+    return len(positive) >= 2 and max(positive) / min(positive) >= 10
 
 
 # Short names for legends and ticks of the usual swept keys.

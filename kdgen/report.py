@@ -84,6 +84,11 @@ def paired_stats(a: dict[int, float], b: dict[int, float]) -> dict[str, float] |
             "p": p_value}
 
 
+def t_half_width(std: float, n: int, alpha: float = 0.05) -> float:
+    """Half the width of the two-sided (1 − alpha) t interval of a mean over ``n`` values with sample std ``std``."""
+    return float(stats.t.ppf(1 - alpha / 2, n - 1) * std / math.sqrt(n))
+
+
 def detectable_effect(std: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
     """The smallest true mean difference a two-sided paired t-test over ``n`` seeds detects with probability
     ``power`` at level ``alpha``, given the differences' sample std: ``(t_(1-alpha/2) + t_power) * std / sqrt(n)``
@@ -220,7 +225,7 @@ def _mean_ci(values: list[float]) -> tuple[float, float, float, float]:
     mean = float(data.mean())
     if len(data) < 2 or np.ptp(data) < 1e-12:
         return mean, float("nan"), float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(data) - 1) * data.std(ddof=1) / math.sqrt(len(data)))
+    half = t_half_width(float(data.std(ddof=1)), len(data))
     return mean, mean - half, mean + half, float(stats.ttest_1samp(data, 0.0).pvalue)
 
 

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from kdgen.checkpoint import read_json, write_json
-from kdgen.config import DataConfig
+from kdgen.config import DataConfig, apply_overrides, format_validation_error
 from kdgen.errors import ConfigError, UserError
 from kdgen.run_folder import CONFIG_FILE, RESULTS_FILE, Row
 
@@ -84,24 +84,11 @@ class TransferConfig(_Strict):
 
 def transfer_config(data: str, root: str | None = None, overrides: Iterable[str] = ()) -> TransferConfig:
     """The validated config of one transfer; mistakes are one-line :class:`ConfigError`."""
-    import difflib
-
-    from kdgen.config import apply_overrides
-
     raw = apply_overrides({"data": {"name": data, "root": root}}, list(overrides))
     try:
         return TransferConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        if first["type"] == "extra_forbidden":
-            section = {"data": ProbeData, "probe": ProbeSettings}.get(str(first["loc"][0]))
-            known = [f"{first['loc'][0]}.{k}" for k in section.model_fields] if section else ["data", "probe"]
-            close = difflib.get_close_matches(where, known, n=1)
-            raise ConfigError(f"transfer: unknown key {where!r}" + (f" (did you mean {close[0]!r}?)" if close else "")) from None
-        value = first.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        raise ConfigError(f"transfer: {where}: {first['msg'].removeprefix('Value error, ')}{shown}") from None
+        raise ConfigError(format_validation_error(exc, "transfer", TransferConfig)) from None
 
 
 # --- features -----------------------------------------------------------------------------------
@@ -248,7 +235,7 @@ def _probe_splits(cfg: TransferConfig) -> dict[str, tuple[torch.Tensor, np.ndarr
     for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
         images = getattr(split, "images", None)
         if images is None:  # a streamed image folder: decode it once, for every model
-            dataset = split.for_eval().dataset() if hasattr(split, "for_eval") else split.dataset()
+            dataset = split.for_eval().dataset()
             images = torch.stack([dataset[i][0] for i in range(len(dataset))])
         splits[name] = (images, split.labels.numpy())
     return splits
@@ -271,19 +258,20 @@ def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | 
     if path.exists():
         raise UserError(f"{path} exists; kdgen does not overwrite it (remove it, or write elsewhere with --out DIR)")
     splits = _probe_splits(cfg)
+    # The probe images made to each image shape the run's models take (one shape in a run of one data source).
+    adapted: dict[tuple[int, ...], tuple[dict[str, tuple[torch.Tensor, np.ndarray]], str]] = {}
     rows: list[Row] = []
-    adapted = ""
     for index, (arm, seed, generation) in enumerate(units):
         classifier = load(run_dir, f"{arm}/{seed}/{generation}", model_factory)  # the run's precision where native
-        model = classifier.members[0]
-        mean = (classifier.shift / classifier.scale / 255.0).flatten().tolist()  # scale = 1/(255 std), shift = mean/std
-        std = (1.0 / (255.0 * classifier.scale)).flatten().tolist()
-        features = {}
-        for name, (images, labels) in splits.items():
-            images, adapted = adapt_images(images, classifier.image_shape)  # type: ignore[arg-type]
-            features[name] = (extract_features(model, images, mean, std, cfg.probe.layer, cfg.probe.batch_size,
-                                               precision=classifier.precision, channels_last=classifier.channels_last),
-                              labels)
+        shape = tuple(classifier.image_shape)
+        if shape not in adapted:
+            made = {name: adapt_images(images, shape) for name, (images, _) in splits.items()}  # type: ignore[arg-type]
+            adapted[shape] = ({name: (made[name][0], labels) for name, (_, labels) in splits.items()},
+                              made["train"][1])
+        features = {name: (extract_features(classifier.members[0], images, classifier.mean, classifier.std,
+                                            cfg.probe.layer, cfg.probe.batch_size, precision=classifier.precision,
+                                            channels_last=classifier.channels_last), labels)
+                    for name, (images, labels) in adapted[shape][0].items()}
         probe, c = fit_probe(features["train"], features["val"], cfg.probe.c_values, cfg.probe.max_iter, seed)
         for split in ("val", "test"):
             top1, nll = score_probe(probe, *features[split])
@@ -294,7 +282,7 @@ def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | 
             progress(f"{index + 1}/{len(units)} {arm}/{seed}/{generation}: probe test top-1 {rows[-1]['top1']:.2f} (C {c:g})")
     folder.mkdir(parents=True, exist_ok=True)
     write_json(path, {"rows": rows, "run": str(run_dir), "config": cfg.model_dump(mode="json"),
-                      "adapted": adapted or "nothing", "probe_sizes": {k: int(len(v[1])) for k, v in splits.items()}})
+                      "adapted": "; ".join(note for _, note in adapted.values() if note) or "nothing", "probe_sizes": {k: int(len(v[1])) for k, v in splits.items()}})
     return path
 
 

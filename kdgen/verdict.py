@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import stats
 
 from kdgen.run_folder import Row
 
@@ -69,7 +68,7 @@ def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, ot
     """``a − b`` paired over the seeds both have (the report's :func:`~kdgen.report.paired_stats`, so p is
     n/a below two seeds or when every difference is the same), with its 95 % interval; None without a
     common seed."""
-    from kdgen.report import detectable_effect, paired_stats
+    from kdgen.report import detectable_effect, paired_stats, t_half_width
 
     paired = paired_stats(values_a, values_b)
     if paired is None:
@@ -77,7 +76,7 @@ def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, ot
     n, mean = int(paired["n"]), float(paired["mean"])
     if n < 2:
         return Finding(arm, other, kind, generation, n, mean, math.nan, math.nan, math.nan)
-    half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * float(paired["std"]) / math.sqrt(n)
+    half = t_half_width(float(paired["std"]), n, ALPHA)
     return Finding(arm, other, kind, generation, n, mean, mean - half, mean + half, float(paired["p"]),
                    detectable_effect(float(paired["std"]), n))
 
