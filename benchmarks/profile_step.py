@@ -35,7 +35,7 @@ def main() -> None:
     cfg = synthetic_config(int(128 * args.steps / 0.9) + 1, precision, compile=args.compile)
     data = load_bundle(cfg.data)
     teacher = freeze_teacher(build("resnet20", 100, 3).to(device, memory_format=torch.channels_last))
-    objective = GenerationObjective(distill_weight=0.7, temperature=2.0)
+    objective = GenerationObjective.kd(0.7, 2.0)
     runtime = Runtime(device=device, precision=precision, compile=args.compile)
     train_generation(build("resnet20", 100, 3), data, cfg.train, objective, runtime, seed=1, teacher=teacher)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

@@ -89,7 +89,7 @@ def kdgen_step_rate(steps: int, precision: str, device: torch.device, compile: b
     cfg = synthetic_config(int(128 * steps / 0.9) + 1, precision, epochs=2, compile=compile)
     data = load_bundle(cfg.data)
     teacher = freeze_teacher(build(ARCH, 100, 3).to(device, memory_format=torch.channels_last))
-    objective = GenerationObjective(distill_weight=0.7, temperature=2.0)
+    objective = GenerationObjective.kd(0.7, 2.0)
     marks: list[float] = []
 
     def mark(_log) -> None:

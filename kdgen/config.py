@@ -15,8 +15,12 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
                       model_validator)
 
 from kdgen import arms as arm_registry
+from kdgen import plugins
 from kdgen.errors import ConfigError
+from kdgen.methods import METHODS as DISTILL_METHODS
 from kdgen.tolerance import METHODS
+
+plugins.load()  # plug-ins register their arms, methods and sources before the config's sections are built
 
 DEFAULT_ARMS = ("baseline", "strict", "tolerant")
 # Keys that moved to the runtime section: how a run executes, not what it computes.
@@ -182,11 +186,10 @@ class RuntimeConfig(_Strict):
         return value
 
 
-class DistillConfig(_Strict):
-    # From the regime search on converged Fashion-MNIST (docs/study/regime-search.md, val split): T 4
-    # doubled the students' gain over their teacher compared with T 2.
-    weight: float = Field(0.9, ge=0.0, le=1.0)
-    temperature: float = Field(4.0, gt=0.0)
+# ``distill:`` is one of the registered student methods (kdgen.methods), told apart by ``method`` (default kd).
+DistillConfig = Annotated[Union[tuple(DISTILL_METHODS.values())], Field(discriminator="method")]
+# Discriminated sections: {section: (registry, default method)}.
+TAGGED_SECTIONS = {"tolerance": (METHODS, "tsd"), "distill": (DISTILL_METHODS, "kd")}
 
 
 class LogConfig(_Strict):
@@ -206,7 +209,7 @@ class _ConfigBase(_Strict):
     train: TrainConfig = TrainConfig()
     generations: GenerationsConfig = GenerationsConfig()
     tolerance: ToleranceConfig = METHODS["tsd"]()
-    distill: DistillConfig = DistillConfig()
+    distill: DistillConfig = DISTILL_METHODS["kd"]()
     runtime: RuntimeConfig = RuntimeConfig()
     log: LogConfig = LogConfig()
 
@@ -221,9 +224,10 @@ class _ConfigBase(_Strict):
                 if isinstance(old, dict) and key in old:
                     raise ValueError(f"{section}.{key} has moved to runtime.{key} (how a run executes, "
                                      f"not what it computes)")
-        tolerance = raw.get("tolerance")
-        if isinstance(tolerance, dict) and "method" not in tolerance:
-            raw = {**raw, "tolerance": {**tolerance, "method": "tsd"}}  # the default method
+        for section, (_, default) in TAGGED_SECTIONS.items():
+            given = raw.get(section)
+            if isinstance(given, dict) and "method" not in given:
+                raw = {**raw, section: {**given, "method": default}}  # the default method
         return raw
 
     @field_validator("seeds")
@@ -271,19 +275,20 @@ def format_validation_error(error: ValidationError, source: str, root: type[Base
     with a did-you-mean for unknown keys."""
     first = error.errors()[0]
     parts = [str(part) for part in first["loc"]]
-    method = None
-    if parts[:1] == ["tolerance"] and len(parts) > 1 and parts[1] in METHODS:
-        method = parts.pop(1)  # the discriminated union's tag is not a key the user wrote
+    method_fields = None
+    registry = TAGGED_SECTIONS[parts[0]][0] if parts and parts[0] in TAGGED_SECTIONS else None
+    if registry is not None and len(parts) > 1 and parts[1] in registry:
+        method_fields = list(registry[parts.pop(1)].model_fields)  # the union's tag is not a key the user wrote
     location = ".".join(parts)
     if first["type"] == "extra_forbidden":
         parent_path, _, leaf = location.rpartition(".")
-        known = list(METHODS[method].model_fields) if method else _known_keys(parent_path, root or Config)
+        known = method_fields if method_fields is not None else _known_keys(parent_path, root or Config)
         close = difflib.get_close_matches(leaf, known, n=1)
         hint = f" (did you mean {'.'.join(filter(None, [parent_path, close[0]]))!r}?)" if close else ""
         return f"{source}: unknown key {location!r}{hint}"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "union_tag_invalid":
-        message = f"unknown method; choose one of {', '.join(METHODS)}"
+        message = f"unknown method; choose one of {', '.join(registry or METHODS)}"
         location += ".method"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"

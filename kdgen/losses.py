@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["confidence_penalty", "cross_entropy", "distillation_loss", "label_smoothing_loss",
-           "top_score_difference"]
+__all__ = ["confidence_penalty", "cross_entropy", "decoupled_kd", "decoupled_kd_terms", "distillation_loss",
+           "label_smoothing_loss", "top_score_difference"]
 
 
 def top_score_difference(logits: torch.Tensor, k: int, *, target: torch.Tensor | None = None,
@@ -58,6 +58,45 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     teacher_log_probs = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
     kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
     return kl * (temperature * temperature)
+
+
+def decoupled_kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                       temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoupled KD's two parts (Zhao et al., CVPR 2022), each ``T^2 x`` a batchmean KL at temperature ``T``.
+
+    TCKD: KL between teacher and student *binary* distributions ``[p_target, 1 - p_target]``.
+    NCKD: KL between their distributions over the non-target classes only (softmax of the other logits).
+    Per sample, KL(teacher || student) over all classes equals ``TCKD + (1 - p_target^teacher) * NCKD``.
+    The teacher side carries no gradient.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    student = student_logits.float() / temperature
+    teacher = teacher_logits.detach().float() / temperature
+    n, num_classes = student.shape
+    is_target = F.one_hot(target, num_classes).bool()
+
+    def binary_log_probs(scaled: torch.Tensor) -> torch.Tensor:
+        log_probs = F.log_softmax(scaled, dim=-1)
+        log_target = log_probs.gather(1, target.view(-1, 1)).squeeze(1)
+        log_rest = torch.logsumexp(log_probs.masked_fill(is_target, float("-inf")), dim=-1)  # log(1 - p_target)
+        return torch.stack([log_target, log_rest], dim=-1)
+
+    def non_target_log_probs(scaled: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(scaled[~is_target].view(n, num_classes - 1), dim=-1)
+
+    scale = temperature * temperature
+    tckd = F.kl_div(binary_log_probs(student), binary_log_probs(teacher), reduction="batchmean", log_target=True)
+    nckd = F.kl_div(non_target_log_probs(student), non_target_log_probs(teacher), reduction="batchmean",
+                    log_target=True)
+    return tckd * scale, nckd * scale
+
+
+def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, alpha: float,
+                 beta: float, temperature: float) -> torch.Tensor:
+    """Decoupled KD: ``alpha * TCKD + beta * NCKD`` (see :func:`decoupled_kd_terms`), without the warm-up."""
+    tckd, nckd = decoupled_kd_terms(student_logits, teacher_logits, target, temperature)
+    return alpha * tckd + beta * nckd
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

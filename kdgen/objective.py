@@ -1,41 +1,54 @@
-"""What one generation minimises: a named dict of loss terms (mdistiller's shape).
+"""What one generation minimises: the hard-label term, its student method's terms, and its tolerance term.
 
-An arm builds a :class:`GenerationObjective` for each of its generations and the training loop only
-sums the terms it returns. Keeping the recipe here, as data, makes each arm's loss explicit and
-testable in isolation.
+An arm builds a :class:`GenerationObjective` for each of its generations (:meth:`kdgen.arms.Arm.objective`);
+the training loop hands it each :class:`~kdgen.methods.Step` and sums the named terms it returns, in order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from kdgen import losses
+from kdgen.methods import GenerationLoss, Progress, Step, StudentMethod
+from kdgen.methods.kd import KnowledgeDistillation
 from kdgen.tolerance import ToleranceTerm
 
 
-@dataclass(frozen=True)
-class GenerationObjective:
-    """``(1 - w) * CE + w * T^2 KL(teacher || student) + tolerance`` for one generation.
+class GenerationObjective(GenerationLoss):
+    """``hard_weight * CE + method terms + tolerance`` for one generation.
 
-    ``distill_weight`` is ignored (treated as 0) when there is no teacher. A tolerance term with
+    Without a teacher (or without a method) the hard-label term has weight 1. A tolerance term with
     ``replaces_ce`` (label smoothing) takes cross-entropy's place, with cross-entropy's weight.
     """
 
-    tolerance: ToleranceTerm | None = None
-    distill_weight: float = 0.0
-    temperature: float = 1.0
+    def __init__(self, tolerance: ToleranceTerm | None = None, method: StudentMethod | None = None) -> None:
+        super().__init__()
+        self.tolerance = tolerance
+        self.method = method
+        self.features = method.features if method is not None else ()
 
-    def terms(self, logits: torch.Tensor, target: torch.Tensor,
-              teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    @classmethod
+    def kd(cls, weight: float, temperature: float, tolerance: ToleranceTerm | None = None) -> "GenerationObjective":
+        """Today's objective with Hinton KD: ``(1 - w) CE + w T^2 KL (+ tolerance)``."""
+        return cls(tolerance, KnowledgeDistillation(weight, temperature))
+
+    def terms(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None, *,
+              epoch: int = 0) -> dict[str, torch.Tensor]:
+        """The terms on bare logits (no features, progress at ``epoch``): for tests and notebooks."""
+        return self(Step(logits, target, logits, Progress(epoch, 0, 1, epoch + 1), teacher_logits))
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms; the training loss is their sum (in this order)."""
-        weight = self.distill_weight if teacher_logits is not None else 0.0
-        tol = self.tolerance
-        hard = tol.loss(logits, target) if tol is not None and tol.replaces_ce else losses.cross_entropy(logits, target)
-        terms = {"ce": (1.0 - weight) * hard}
-        if teacher_logits is not None and weight > 0:
-            terms["kd"] = weight * losses.distillation_loss(logits, teacher_logits, self.temperature)
+        tol, method = self.tolerance, self.method
+        taught = method is not None and step.teacher_logits is not None
+        hard_weight = method.hard_weight if taught else 1.0  # type: ignore[union-attr]
+        if tol is not None and tol.replaces_ce:
+            hard = tol.loss(step.logits, step.targets)
+        else:
+            hard = losses.cross_entropy(step.logits, step.targets)
+        terms = {"ce": hard_weight * hard}
+        if taught:
+            terms.update(method(step))  # type: ignore[misc]
         if tol is not None and not tol.replaces_ce:
-            terms[tol.name] = tol.loss(logits, target)
+            terms[tol.name] = tol.loss(step.logits, step.targets)
         return terms

@@ -45,12 +45,14 @@ class EpochState:
     step: int = 0
     loss_sums: dict[str, torch.Tensor] = field(default_factory=dict)
     first_bad_step: int = -1
+    # The state of the generation's loss module, when it owns parameters or buffers (a method's head).
+    loss_module: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def capture(unit: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
             schedule: torch.optim.lr_scheduler.LRScheduler, generator_state: torch.Tensor,
             history: list[Any], *, step: int = 0, loss_sums: dict[str, torch.Tensor] | None = None,
-            first_bad_step: int = -1) -> EpochState:
+            first_bad_step: int = -1, loss_module: nn.Module | None = None) -> EpochState:
     """Snapshot (copies, on the CPU) of everything that determines the rest of the training."""
     return EpochState(
         unit=unit, epoch=epoch,
@@ -61,13 +63,18 @@ def capture(unit: str, epoch: int, model: nn.Module, optimizer: torch.optim.Opti
         history=[asdict(h) if not isinstance(h, dict) else h for h in history],
         step=step, loss_sums={k: v.detach().cpu().clone() for k, v in (loss_sums or {}).items()},
         first_bad_step=first_bad_step,
+        loss_module=({k: v.detach().cpu().clone() for k, v in loss_module.state_dict().items()}
+                     if loss_module is not None else {}),
     )
 
 
 def restore(state: EpochState, model: nn.Module, optimizer: torch.optim.Optimizer,
-            schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> None:
+            schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+            loss_module: nn.Module | None = None) -> None:
     """Load ``state`` into freshly built training objects."""
     model.load_state_dict(state.model)
+    if loss_module is not None and state.loss_module:
+        loss_module.load_state_dict(state.loss_module)
     optimizer.load_state_dict(state.optimizer)
     schedule.load_state_dict({**schedule.state_dict(), **state.schedule})
     generator.set_state(state.generator)
@@ -87,6 +94,7 @@ def save_state(path: Path, state: EpochState) -> None:
     tensors["rng.generator"] = state.generator
     tensors["rng.torch"] = state.torch_rng
     tensors.update({f"sums.{k}": v.reshape(()).contiguous() for k, v in state.loss_sums.items()})
+    tensors.update({f"loss.{k}": v.contiguous() for k, v in state.loss_module.items()})
     meta = {"format": FORMAT, "unit": state.unit, "epoch": state.epoch, "step": state.step,
             "first_bad_step": state.first_bad_step,
             "param_groups": state.optimizer["param_groups"], "optimizer_scalars": optim_meta,
@@ -117,4 +125,5 @@ def load_state(path: Path) -> EpochState:
         schedule=meta["schedule"], generator=tensors["rng.generator"], torch_rng=tensors["rng.torch"],
         history=meta["history"], step=int(meta.get("step", 0)), first_bad_step=int(meta.get("first_bad_step", -1)),
         loss_sums={k.removeprefix("sums."): v for k, v in tensors.items() if k.startswith("sums.")},
+        loss_module={k.removeprefix("loss."): v for k, v in tensors.items() if k.startswith("loss.")},
     )

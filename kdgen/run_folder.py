@@ -240,10 +240,15 @@ class RunFolder:
         if not complete:
             return
         # results.json now holds every record (and a kill before this point loses nothing).
+        state_dir = self.out_dir / "state"
+        for folder in (self.records_dir, state_dir, self.out_dir / "checkpoints"):
+            for stale in folder.glob(".*.tmp") if folder.is_dir() else []:
+                stale.unlink()  # half-written by a process killed inside an atomic write (kdgen.checkpoint)
+        for name in self.done:  # a process killed between finishing a unit and removing its state
+            self.state_path(name).unlink(missing_ok=True)
         if self.records_dir.is_dir():
             for path in self.records_dir.glob("*.json"):
                 path.unlink()
             self.records_dir.rmdir()
-        state_dir = self.out_dir / "state"
         if state_dir.is_dir() and not any(state_dir.iterdir()):
             state_dir.rmdir()  # nothing left to resume

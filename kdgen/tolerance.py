@@ -53,6 +53,8 @@ class ToleranceMethod(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     method: str
+    # Raise when a fix changes what the method computes: units trained before are then not reused (kdgen.unit_cache).
+    revision: ClassVar[int] = 1
     # Whether only the patriarch (generation 0) gets the term, or every generation of the arm.
     apply_to: Literal["patriarch", "all"] = "patriarch"
     # Keys older configs used for this method's parameters: {old key: new key}.

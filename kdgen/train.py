@@ -3,6 +3,12 @@
 Everything a generation needs is created here, afresh: optimizer, LR schedule and RNG stream.
 Nothing survives from one call to the next, which rules out the born-again bug of a student
 inheriting its teacher's optimizer state or half-decayed schedule.
+
+:func:`train_generation` is the loop itself; what varies around it has a name of its own:
+:class:`Placement` (device, memory layout, precision, compile, DistributedDataParallel, the folded
+teacher and the feature taps: it turns a batch into a :class:`~kdgen.methods.Step`), :class:`EpochTally`
+(loss sums and the first non-finite step, kept on the device), :class:`TrainHooks` (progress, logging,
+state capture for exact resume, stop requests) and :mod:`kdgen.resume` (the state itself).
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ from kdgen.config import TrainConfig
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
 from kdgen.fast import check_compile_supported, fold_batchnorm, maybe_compile
-from kdgen.objective import GenerationObjective
+from kdgen.methods import GenerationLoss, Progress, Step
 from kdgen.resume import EpochState, capture, restore
 from kdgen.runtime import Runtime
+
+# Raise when a change to this loop changes what it computes: units trained before are then not reused
+# (kdgen.unit_cache). Arms, student methods and tolerance methods carry a ``revision`` of their own.
+REVISION = 1
 
 
 class StopFlag:
@@ -86,10 +96,16 @@ def freeze_teacher(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_optimizer(model: nn.Module, recipe: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum; no weight decay on BatchNorm parameters and biases (1-D tensors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+def make_optimizer(model: nn.Module, recipe: TrainConfig, loss: nn.Module | None = None) -> torch.optim.Optimizer:
+    """SGD with momentum; no weight decay on BatchNorm parameters and biases (1-D tensors).
+
+    Parameters the generation's loss owns (a method's projection head) train with the model's.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if loss is not None:
+        params += [p for p in loss.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                            nesterov=recipe.nesterov and recipe.momentum > 0, foreach=True)
@@ -113,11 +129,132 @@ def make_schedule(optimizer: torch.optim.Optimizer, recipe: TrainConfig, steps_p
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, recipe))
 
 
+class FeatureTap:
+    """Forward hooks that keep the outputs of named submodules of ``model`` during one forward pass."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = []
+        for name in names:
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise UserError(f"the loss asks for the output of module {name!r}, which the model does not have") from None
+            self.handles.append(module.register_forward_hook(self._keeper(name)))
+
+    def _keeper(self, name: str) -> Callable[..., None]:
+        def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+            self.outputs[name] = output
+        return keep
+
+    def take(self) -> dict[str, torch.Tensor]:
+        outputs, self.outputs = self.outputs, {}
+        return outputs
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class Placement:
+    """Where and how the student and its teacher run: turns a batch of uint8 images into a :class:`Step`.
+
+    The student moves to the runtime's device and memory layout, in train mode, wrapped for
+    ``runtime.parallel=data`` (DistributedDataParallel, cross-rank BatchNorm) and compiled with
+    ``runtime.compile``. The teacher runs under inference mode as a copy with its BatchNorm folded into
+    the convolutions (:func:`kdgen.fast.fold_batchnorm`), unless the loss reads its features (then as it
+    is, so the named modules exist). Both run under the runtime's autocast.
+    """
+
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, loss: GenerationLoss, data: DataBundle,
+                 runtime: Runtime) -> None:
+        device, self.memory_format = runtime.device, runtime.memory_format
+        model.to(device, memory_format=self.memory_format).train()
+        loss.to(device)
+        if device.type == "cuda":
+            # Shapes are fixed within a run (full batches only), so cuDNN's one-off search for the fastest
+            # convolution algorithms pays back many times.
+            torch.backends.cudnn.benchmark = True
+        if runtime.compile:
+            check_compile_supported(device)
+        if runtime.parallel.name == "data" and any(p.requires_grad for p in loss.parameters()):
+            raise UserError("a loss with parameters of its own cannot run under runtime.parallel=data yet "
+                            "(its gradients would not be averaged across processes); use runtime.parallel=chains")
+        trained, self.end_parallel = runtime.parallel.prepare(model)
+        self.model, self.teacher = model, teacher
+        self.student = maybe_compile(trained, runtime.compile)
+        self.teach = None
+        self.student_tap = FeatureTap(model, loss.features) if loss.features else None
+        self.teacher_tap = None
+        if teacher is not None:
+            runnable = teacher if loss.features else fold_batchnorm(teacher)
+            self.teach = maybe_compile(runnable.to(device, memory_format=self.memory_format), runtime.compile)
+            self.teacher_tap = FeatureTap(runnable, loss.features) if loss.features else None
+        self.normalize = Normalizer(data.mean, data.std, device)
+        self.autocast = runtime.autocast()
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor, progress: Progress) -> Step:
+        """Normalise, run the frozen teacher and the student, and collect what the loss asked for."""
+        inputs = self.normalize(images).contiguous(memory_format=self.memory_format)
+        teacher_logits, teacher_features = None, {}
+        if self.teach is not None:
+            with torch.inference_mode(), self.autocast:
+                teacher_logits = self.teach(inputs)
+            teacher_logits = teacher_logits.clone()  # a normal tensor, usable next to autograd
+            if self.teacher_tap is not None:
+                teacher_features = {name: out.clone() for name, out in self.teacher_tap.take().items()}
+        with self.autocast:
+            logits = self.student(inputs)
+        features = self.student_tap.take() if self.student_tap is not None else {}
+        return Step(inputs, targets, logits, progress, teacher_logits, features, teacher_features,
+                    self.model, self.teacher)
+
+    def close(self) -> None:
+        for tap in (self.student_tap, self.teacher_tap):
+            if tap is not None:
+                tap.remove()
+        self.end_parallel()
+
+
+class EpochTally:
+    """One epoch's loss sums and first non-finite step, kept on the device: reading them once per epoch
+    avoids a host-device sync per step."""
+
+    def __init__(self, device: torch.device, resumed: EpochState | None = None) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        if resumed is not None:  # a stop in mid-epoch: continue its bookkeeping
+            self.sums = {k: v.to(device) for k, v in resumed.loss_sums.items()}
+            self.first_bad_step.fill_(resumed.first_bad_step)
+
+    def add(self, terms: dict[str, torch.Tensor], loss: torch.Tensor, step: int) -> None:
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach()
+        bad_now = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad_now, torch.full_like(self.first_bad_step, step + 1), self.first_bad_step)
+
+    def close(self, runtime: Runtime, epoch: int, steps: int, where: str) -> dict[str, float]:
+        """Mean losses of the epoch over all processes; :class:`TrainingDiverged` if a step was not finite."""
+        sums, first_bad_step = runtime.parallel.epoch_totals(self.sums, self.first_bad_step)
+        if int(first_bad_step) >= 0:
+            raise TrainingDiverged(f"{where or 'training'}: loss became non-finite in epoch {epoch + 1}, step "
+                                   f"{int(first_bad_step)} of {steps}; the last good epoch is kept, lower train.lr")
+        return {name: float(total) / steps for name, total in sums.items()}
+
+
+def check_teacher(model: nn.Module, teacher: nn.Module | None) -> None:
+    """The born-again bugs a teacher can carry: the student itself, or a teacher still training."""
+    if teacher is model:
+        raise ValueError("teacher and student must be different objects")
+    if teacher is not None and (teacher.training or any(p.requires_grad for p in teacher.parameters())):
+        raise ValueError("teacher must be frozen (eval mode, no gradients): call freeze_teacher first")
+
+
 def train_generation(
     model: nn.Module,
     data: DataBundle,
     recipe: TrainConfig,
-    objective: GenerationObjective,
+    objective: GenerationLoss,
     runtime: Runtime = Runtime(),
     hooks: TrainHooks = TrainHooks(),
     *,
@@ -125,99 +262,60 @@ def train_generation(
     teacher: nn.Module | None = None,
     resume_from: EpochState | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``recipe.epochs`` epochs on ``data.train``.
+    """Train ``model`` in place for ``recipe.epochs`` epochs on ``data.train``, minimising ``objective``.
 
     Everything stateful is created here, afresh: optimizer, LR schedule and the batch generator.
-    ``teacher`` (if given) must be a different object, frozen with :func:`freeze_teacher`; it is
-    run under inference mode on the same augmented batch the student sees, as a copy with its
-    BatchNorm folded into the convolutions (:func:`kdgen.fast.fold_batchnorm`). ``seed`` drives the
-    batch order and augmentation through a private generator (model initialisation is the
-    caller's business). ``resume_from`` continues from a state ``hooks.on_state`` received, as if
-    training had never stopped.
+    ``teacher`` (if given) must be a different object, frozen with :func:`freeze_teacher`; it sees the
+    same augmented batch as the student. ``seed`` drives the batch order and augmentation through a
+    private generator (model initialisation is the caller's business). ``resume_from`` continues from a
+    state ``hooks.on_state`` received, as if training had never stopped.
     """
-    if teacher is model:
-        raise ValueError("teacher and student must be different objects")
-    if teacher is not None and (teacher.training or any(p.requires_grad for p in teacher.parameters())):
-        raise ValueError("teacher must be frozen (eval mode, no gradients): call freeze_teacher first")
-    device, memory_format, where = runtime.device, runtime.memory_format, hooks.where
-    model.to(device, memory_format=memory_format).train()
-    if device.type == "cuda":
-        # Shapes are fixed within a run (full batches only), so cuDNN's one-off search for the fastest
-        # convolution algorithms pays back many times.
-        torch.backends.cudnn.benchmark = True
-    if runtime.compile:
-        check_compile_supported(device)
-    parallel = runtime.parallel
-    # runtime.parallel=data: DistributedDataParallel (and cross-rank BatchNorm) around the model.
-    trained, end_parallel = parallel.prepare(model)
-    student = maybe_compile(trained, runtime.compile)
-    teach = None
-    if teacher is not None:
-        teach = maybe_compile(fold_batchnorm(teacher).to(device, memory_format=memory_format), runtime.compile)
-    normalize = Normalizer(data.mean, data.std, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    batches = TrainBatches(data.train, data.augment, recipe.batch_size, device, generator, runtime.workers,
-                           share=parallel.batch_share)
+    check_teacher(model, teacher)
+    placement = Placement(model, teacher, objective, data, runtime)
+    generator = torch.Generator(device=runtime.device).manual_seed(seed)
+    batches = TrainBatches(data.train, data.augment, recipe.batch_size, runtime.device, generator, runtime.workers,
+                           share=runtime.parallel.batch_share)
     steps = len(batches)
-    optimizer = make_optimizer(model, recipe)
+    optimizer = make_optimizer(model, recipe, objective)
     schedule = make_schedule(optimizer, recipe, steps)
-    autocast = runtime.autocast()
-    result = TrainResult()
-    start_epoch, skip_steps = 0, 0
+    result, start_epoch, skip_steps = TrainResult(), 0, 0
     if resume_from is not None:
-        restore(resume_from, model, optimizer, schedule, generator)
+        restore(resume_from, model, optimizer, schedule, generator, objective)
         start_epoch, skip_steps = resume_from.epoch, resume_from.step
         result.history = [EpochLog(**h) for h in resume_from.history]
+
+    def state(epoch: int, generator_state: torch.Tensor, **mid_epoch: object) -> EpochState:
+        return capture(hooks.where, epoch, model, optimizer, schedule, generator_state, result.history,
+                       loss_module=objective, **mid_epoch)  # type: ignore[arg-type]
+
     for epoch in range(start_epoch, recipe.epochs):
         epoch_generator_state = generator.get_state().clone()
-        # Loss sums and the first bad step stay on the device; reading them once per epoch avoids
-        # a host-device sync per step.
-        sums: dict[str, torch.Tensor] = {}
-        first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        tally = EpochTally(runtime.device, resume_from if skip_steps else None)
         lr = schedule.base_lrs[0] * schedule.lr_lambdas[0](epoch * steps)  # the LR this epoch starts at
-        if skip_steps and resume_from is not None:
-            sums = {k: v.to(device) for k, v in resume_from.loss_sums.items()}
-            first_bad_step.fill_(resume_from.first_bad_step)
         for step, (images, targets) in enumerate(batches):
             if step < skip_steps:
                 continue  # drawn (same RNG use as before the stop) but already trained on
-            if parallel.any_stop(hooks.stop is not None and hooks.stop.requested) and hooks.on_state is not None:
-                hooks.on_state(capture(where, epoch, model, optimizer, schedule, epoch_generator_state, result.history,
-                                 step=step, loss_sums=sums, first_bad_step=int(first_bad_step)))
-                raise TrainingInterrupted(f"{where}: stopped in epoch {epoch + 1} after step {step}")
-            inputs = normalize(images).contiguous(memory_format=memory_format)
-            teacher_logits = None
-            if teach is not None:
-                with torch.inference_mode(), autocast:
-                    teacher_logits = teach(inputs)
-                teacher_logits = teacher_logits.clone()  # a normal tensor, usable next to autograd
-            with autocast:
-                logits = student(inputs)
-            terms = objective.terms(logits, targets, teacher_logits)
+            if runtime.parallel.any_stop(hooks.stop is not None and hooks.stop.requested) and hooks.on_state is not None:
+                hooks.on_state(state(epoch, epoch_generator_state, step=step, loss_sums=tally.sums,
+                                     first_bad_step=int(tally.first_bad_step)))
+                raise TrainingInterrupted(f"{hooks.where}: stopped in epoch {epoch + 1} after step {step}")
+            terms = objective(placement.step(images, targets, Progress(epoch, epoch * steps + step, steps, recipe.epochs)))
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.detach()
-            bad_now = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
-            first_bad_step = torch.where(bad_now, torch.full_like(first_bad_step, step + 1), first_bad_step)
+            tally.add(terms, loss, step)
             if hooks.on_step is not None:
                 hooks.on_step()
         skip_steps = 0
-        sums, first_bad_step = parallel.epoch_totals(sums, first_bad_step)
-        mean_losses = {name: float(total) / steps for name, total in sums.items()}
+        log = EpochLog(epoch=epoch + 1, lr=lr, losses=tally.close(runtime, epoch, steps, hooks.where))
         result.steps += steps
-        if int(first_bad_step) >= 0:
-            raise TrainingDiverged(f"{where or 'training'}: loss became non-finite in epoch {epoch + 1}, step "
-                                   f"{int(first_bad_step)} of {steps}; the last good epoch is kept, lower train.lr")
-        log = EpochLog(epoch=epoch + 1, lr=lr, losses=mean_losses)
         result.history.append(log)
         if hooks.on_state is not None:
-            hooks.on_state(capture(where, epoch + 1, model, optimizer, schedule, generator.get_state(), result.history))
+            hooks.on_state(state(epoch + 1, generator.get_state()))
         if hooks.on_epoch is not None:
             hooks.on_epoch(log)
-    end_parallel()
+    placement.close()
     model.eval()
     return result

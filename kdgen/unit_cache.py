@@ -10,6 +10,12 @@ A unit (arm, seed, generation) depends on only part of the config:
   it, and every later generation learns from that patriarch's line), but ``tolerance.apply_to``
   only from generation 1, and nothing of it when the term is inactive (strength 0, or ``none``).
 
+A unit also depends on the code that computed it. Arms, student methods and tolerance methods carry a
+``revision`` (a class attribute, 1 to start with), and so does the training loop
+(:data:`kdgen.train.REVISION`); a fix that changes what one of them computes raises it. The revisions above 1
+of what a unit uses join its key, so a unit trained before a fix is never reused after it, and caches
+written before revisions existed keep their keys (every revision was 1 then).
+
 So a baseline unit does not depend on ``tolerance.*`` or ``distill.*``, a strict unit not on
 ``tolerance.*``, and a tolerant patriarch not on ``distill.*``. Generation g's key covers its whole
 teacher line (each teacher's settings are a subset of its student's), and a unit's own RNG stream
@@ -26,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,7 @@ from kdgen import arms
 from kdgen.checkpoint import read_json, write_json
 from kdgen.config import Config
 from kdgen.run_folder import Row
+from kdgen.train import REVISION as train_revision
 
 # Runtime settings that never change a unit's result.
 COSMETIC_RUNTIME = {"compile", "workers", "parallel", "sync_batchnorm"}
@@ -50,7 +58,21 @@ def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str
     # 2..K: TSD's K, else a fixed default): a unit reused from a run with another K would carry its K's rows.
     settings["metrics"] = {"secondary_k": full["tolerance"].get("k", "default")}
     settings.update(arms.make(arm, cfg).unit_settings(generation))
+    raised = {name: revision for name, revision in code_revisions(cfg, arm, settings).items() if revision != 1}
+    if raised:
+        settings["code"] = raised
     return settings
+
+
+def code_revisions(cfg: Config, arm: str, settings: dict[str, Any]) -> dict[str, int]:
+    """The revision of every piece of code a unit with these ``settings`` ran: the loop, its arm, and its student
+    and tolerance methods when its settings show it used them."""
+    revisions = {"train": train_revision, f"arm.{arm}": arms.get(arm).revision}
+    if "distill" in settings:
+        revisions[f"distill.{cfg.distill.method}"] = type(cfg.distill).revision
+    if "tolerance" in settings:
+        revisions[f"tolerance.{cfg.tolerance.method}"] = type(cfg.tolerance).revision
+    return revisions
 
 
 def unit_key(cfg: Config, arm: str, seed: int, generation: int) -> str:
@@ -93,8 +115,16 @@ class UnitCache:
         folder = self._folder(cfg, arm, seed, generation)
         folder.mkdir(parents=True, exist_ok=True)
         link(checkpoint, folder / "model.safetensors")
-        write_json(folder / "record.json", {"settings": unit_settings(cfg, arm, seed, generation),
-                                            "rows": rows, "extras": extras})
+        settings = unit_settings(cfg, arm, seed, generation)
+        code = {"kdgen": _package_version(), **code_revisions(cfg, arm, settings)}  # provenance, not in the key
+        write_json(folder / "record.json", {"settings": settings, "code": code, "rows": rows, "extras": extras})
+
+
+def _package_version() -> str:
+    try:
+        return version("kdgen")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def link(source: Path, target: Path) -> None:

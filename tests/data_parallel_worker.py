@@ -41,7 +41,7 @@ def main() -> None:
     teacher = freeze_teacher(build("cnn-tiny", 4, 1))
     torch.manual_seed(1)
     model = build("cnn-tiny", 4, 1)
-    objective = GenerationObjective(distill_weight=0.5, temperature=2.0)
+    objective = GenerationObjective.kd(0.5, 2.0)
     train_generation(model, data, recipe, objective, runtime, seed=3, teacher=teacher)
     probs = mode.gather(lambda part: predict_probs(model, part, Normalizer(data.mean, data.std, runtime.device)),
                         data.test)

@@ -44,7 +44,7 @@ def test_every_arm_plans_a_consistent_chain(name):
         assert all(0 <= m <= g for m in arm.ensemble(g))
         assert arm.recipe(g).epochs >= 1
         costs.append(arm.cost_epochs(g, "single"))
-        assert arm.objective(g).distill_weight == 0 or arm.teacher(g) is not None
+        assert arm.objective(g).method is None or arm.teacher(g) is not None
     assert costs == sorted(costs) and costs[0] > 0
     assert all(other in arms.names() for other in arm.compare_with)
 
@@ -79,7 +79,7 @@ def test_snapshot_cycles_warm_start_from_and_learn_from_the_previous_cycle(monke
                             resume_from=resume_from)
         calls.append({"start": start, "teacher": teacher_state, "frozen": frozen, "same": teacher is model,
                       "end": {k: v.clone() for k, v in model.state_dict().items()}, "epochs": recipe.epochs,
-                      "lrs": [log.lr for log in result.history], "weight": objective.distill_weight})
+                      "lrs": [log.lr for log in result.history], "weight": objective.method.weight if objective.method is not None else 0})
         return result
 
     monkeypatch.setattr(generations_module, "train_generation", spy)
@@ -97,7 +97,7 @@ def test_snapshot_cycles_warm_start_from_and_learn_from_the_previous_cycle(monke
 def test_snapshot_has_its_own_teacher_weight_and_temperature():
     cfg = snapshot_config(snapshot={"cycle_epochs": 2, "weight": 0.4, "temperature": 2.0})
     objective = arms.make("snapshot", cfg).objective(1)
-    assert objective.distill_weight == 0.4 and objective.temperature == 2.0
+    assert objective.method.weight == 0.4 and objective.method.temperature == 2.0
     tolerant = arms.make("snapshot-tolerant", cfg)
     assert tolerant.objective(0).tolerance is not None and tolerant.objective(1).tolerance is None
     assert arms.make("snapshot", cfg).objective(0).tolerance is None
@@ -109,7 +109,7 @@ def test_snapshot_resumes_exactly_from_a_stop_in_the_middle_of_a_cycle(tmp_path,
     data = load_bundle(cfg.data)
     steps_per_cycle = cfg.snapshot.cycle_epochs * (len(data.train) // cfg.train.batch_size)
     stop, calls = StopFlag(), {"n": 0}
-    real_terms = objective_module.GenerationObjective.terms
+    real_terms = objective_module.GenerationObjective.forward
 
     def counting(self, *args, **kwargs):
         calls["n"] += 1
@@ -117,10 +117,10 @@ def test_snapshot_resumes_exactly_from_a_stop_in_the_middle_of_a_cycle(tmp_path,
             stop.set()
         return real_terms(self, *args, **kwargs)
 
-    monkeypatch.setattr(objective_module.GenerationObjective, "terms", counting)
+    monkeypatch.setattr(objective_module.GenerationObjective, "forward", counting)
     with pytest.raises(TrainingInterrupted, match="generation 1"):
         run_experiment(cfg, tmp_path / "run", echo=False, stop=stop)
-    monkeypatch.setattr(objective_module.GenerationObjective, "terms", real_terms)
+    monkeypatch.setattr(objective_module.GenerationObjective, "forward", real_terms)
     _, resumed = run_experiment(cfg, tmp_path / "run", resume=True, echo=False)
     assert resumed == reference
 

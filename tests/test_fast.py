@@ -103,7 +103,7 @@ def test_the_folded_teacher_is_frozen_under_inference_mode_and_sees_the_student_
     teacher = freeze_teacher(build("cnn-tiny", 4, 1))
     student = build("cnn-tiny", 4, 1)
     student.register_forward_pre_hook(lambda module, args: log.append({"who": "student", "input": args[0].clone()}))
-    objective = GenerationObjective(distill_weight=0.5, temperature=2.0)
+    objective = GenerationObjective.kd(0.5, 2.0)
     train_generation(student, data, cfg.train, objective, seed=0, teacher=teacher)
     assert used and used[0] is not teacher and count_batchnorms(used[0]) == 0
     steps = cfg.train.epochs * (len(data.train) // cfg.train.batch_size)
@@ -122,7 +122,7 @@ def test_compile_matches_eager_and_reuses_the_student_graph_across_generations()
     cfg = tiny_config()
     data = load_bundle(cfg.data)
     eager_runtime, compiled_runtime = Runtime(precision="fp32"), Runtime(precision="fp32", compile=True)
-    objective = GenerationObjective(distill_weight=0.5, temperature=2.0)
+    objective = GenerationObjective.kd(0.5, 2.0)
 
     def fresh(seed: int) -> nn.Module:
         torch.manual_seed(seed)

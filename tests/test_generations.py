@@ -65,7 +65,7 @@ def test_train_generation_refuses_unfrozen_or_identical_teacher(tiny_cfg, tiny_d
     import pytest
 
     model = build("cnn-tiny", 4, 1)
-    objective = GenerationObjective(distill_weight=0.5, temperature=2.0)
+    objective = GenerationObjective.kd(0.5, 2.0)
     with pytest.raises(ValueError, match="different objects"):
         train_generation(model, tiny_data, tiny_cfg.train, objective, seed=0, teacher=model)
     other = build("cnn-tiny", 4, 1)
@@ -77,8 +77,8 @@ def test_every_generation_gets_a_fresh_optimizer_and_schedule(tiny_cfg, tiny_dat
     optimizers, first_lrs = [], []
     real_make_optimizer = train_module.make_optimizer
 
-    def spy(model, recipe):
-        optimizer = real_make_optimizer(model, recipe)
+    def spy(model, recipe, loss=None):
+        optimizer = real_make_optimizer(model, recipe, loss)
         assert not optimizer.state  # no momentum buffers carried over
         optimizers.append(optimizer)
         return optimizer
@@ -117,11 +117,12 @@ def objective_for(cfg, arm, generation):
 
 def test_objectives_per_arm():
     cfg = tiny_config(tolerance={"method": "tsd", "eta": 0.3, "k": 3}, distill={"weight": 0.7, "temperature": 3.0})
-    assert objective_for(cfg, "baseline", 2).distill_weight == 0 and objective_for(cfg, "baseline", 2).tolerance is None
-    assert objective_for(cfg, "strict", 0).distill_weight == 0 and objective_for(cfg, "strict", 0).tolerance is None
-    assert objective_for(cfg, "strict", 1).distill_weight == 0.7 and objective_for(cfg, "strict", 1).tolerance is None
+    assert objective_for(cfg, "baseline", 2).method is None and objective_for(cfg, "baseline", 2).tolerance is None
+    assert objective_for(cfg, "strict", 0).method is None and objective_for(cfg, "strict", 0).tolerance is None
+    student = objective_for(cfg, "strict", 1)
+    assert (student.method.weight, student.method.temperature, student.tolerance) == (0.7, 3.0, None)
     patriarch = objective_for(cfg, "tolerant", 0)
-    assert patriarch.tolerance.name == "tsd" and not patriarch.tolerance.replaces_ce and patriarch.distill_weight == 0
+    assert patriarch.tolerance.name == "tsd" and not patriarch.tolerance.replaces_ce and patriarch.method is None
     logits, target = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
     expected = 0.3 * top_score_difference(logits, 3, target=target, primary="target")
     assert torch.equal(patriarch.tolerance.loss(logits, target), expected)

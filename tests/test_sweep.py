@@ -195,3 +195,34 @@ def test_run_with_units_shares_a_cache_from_the_command_line(tmp_path):
     assert second.returncode == 0, second.stderr
     rows = [json.loads((tmp_path / name / "results.json").read_text())["rows"] for name in ("a", "b")]
     assert rows[0] == rows[1]
+
+
+def test_a_raised_code_revision_changes_the_keys_of_the_units_that_ran_that_code(monkeypatch):
+    """A fix to a method, an arm or the loop raises its revision: units trained before are not reused after it.
+    Revisions of 1 add nothing, so caches written before revisions existed keep their keys."""
+    from kdgen.arms.born_again import Strict
+    from kdgen.methods.kd import KDSettings
+    from kdgen.tolerance import METHODS
+    import kdgen.unit_cache as unit_cache
+
+    base = cfg("tolerance.eta=0.1")
+    units = [(arm, g) for arm in ("baseline", "strict", "tolerant") for g in (0, 1)]
+    before = {u: unit_key(base, u[0], 0, u[1]) for u in units}
+    assert all("code" not in unit_cache.unit_settings(base, arm, 0, g) for arm, g in units)
+
+    def changed():
+        return {u for u in units if unit_key(base, u[0], 0, u[1]) != before[u]}
+
+    monkeypatch.setattr(KDSettings, "revision", 2)
+    assert changed() == {("strict", 1), ("tolerant", 1)}  # the students: KD taught them
+    monkeypatch.setattr(KDSettings, "revision", 1)
+    monkeypatch.setattr(METHODS["tsd"], "revision", 2)
+    assert changed() == {("tolerant", 0), ("tolerant", 1)}  # the TSD patriarch and its line
+    monkeypatch.setattr(METHODS["tsd"], "revision", 1)
+    monkeypatch.setattr(Strict, "revision", 3)
+    # tolerant subclasses strict: it runs strict's code, so it inherits the revision (unless it sets its own)
+    assert changed() == {("strict", 0), ("strict", 1), ("tolerant", 0), ("tolerant", 1)}
+    monkeypatch.setattr(Strict, "revision", 1)
+    monkeypatch.setattr(unit_cache, "train_revision", 2)
+    assert changed() == set(units)
+    assert unit_cache.unit_settings(base, "baseline", 0, 0)["code"] == {"train": 2}

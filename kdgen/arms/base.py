@@ -36,6 +36,8 @@ class Arm:
     uses_tolerance: ClassVar[bool] = False
     # A config section of the arm's own: (section name, pydantic model), or None.
     settings: ClassVar[tuple[str, type[BaseModel]] | None] = None
+    # Raise when a fix changes what the arm computes: its units trained before are then not reused (kdgen.unit_cache).
+    revision: ClassVar[int] = 1
 
     def __init__(self, cfg: "Config") -> None:
         self.cfg = cfg

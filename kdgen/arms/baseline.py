@@ -18,7 +18,7 @@ class Baseline(Arm):
     order = 0
 
     def objective(self, generation: int) -> GenerationObjective:
-        return GenerationObjective(temperature=self.cfg.distill.temperature)
+        return GenerationObjective()
 
     def cost_epochs(self, generation: int, kind: str) -> float:
         models = len(self.ensemble(generation)) if kind == "ensemble" else 1

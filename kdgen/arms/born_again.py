@@ -23,10 +23,9 @@ class Strict(Arm):
     compare_with = ("baseline",)
 
     def objective(self, generation: int) -> GenerationObjective:
-        distill = self.cfg.distill
-        return GenerationObjective(tolerance=self.tolerance_term(generation),
-                                   distill_weight=distill.weight if generation > 0 else 0.0,
-                                   temperature=distill.temperature)
+        # Students learn from their teacher with the configured method (distill.method: kd, dkd, ...).
+        method = self.cfg.distill.build() if generation > 0 else None
+        return GenerationObjective(tolerance=self.tolerance_term(generation), method=method)
 
     def teacher(self, generation: int) -> int | None:
         return generation - 1 if generation > 0 else None
@@ -38,7 +37,7 @@ class Strict(Arm):
     def unit_settings(self, generation: int) -> dict[str, Any]:
         settings = self.tolerance_settings(generation)
         if generation >= 1:
-            settings["distill"] = self.cfg.distill.model_dump(mode="json")
+            settings["distill"] = self.cfg.distill.unit_settings()
         return settings
 
 

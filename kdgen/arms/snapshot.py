@@ -72,10 +72,10 @@ class Snapshot(Arm):
         return self.cfg.train.model_copy(update={"epochs": self.cycle_epochs, "warmup_epochs": warmup})
 
     def objective(self, generation: int) -> GenerationObjective:
-        options = self.options
-        return GenerationObjective(tolerance=self.tolerance_term(generation),
-                                   distill_weight=options.weight if generation > 0 else 0.0,
-                                   temperature=options.temperature)
+        tolerance = self.tolerance_term(generation)
+        if generation == 0:
+            return GenerationObjective(tolerance)
+        return GenerationObjective.kd(self.options.weight, self.options.temperature, tolerance)
 
     def start(self, generation: int) -> int | None:
         return generation - 1 if generation > 0 else None

@@ -7,17 +7,18 @@ A source is a function ``load(cfg: DataConfig) -> SourceData`` registered under 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING, Callable
 
+from kdgen import plugins
 from kdgen.data.base import AugmentSpec, DataBundle, SourceData, Split, make_bundle, select_classes
 
 if TYPE_CHECKING:
     from kdgen.config import DataConfig
 
 _SOURCES: dict[str, Callable[["DataConfig"], SourceData]] = {}
-# Modules that register sources when imported. They are imported on first use of the registry,
-# so `import kdgen` stays light and `names()` is always complete.
-_SOURCE_MODULES = ("kdgen.data.builtin", "kdgen.data.idx", "kdgen.data.cifar", "kdgen.data.imagefolder")
+# Every module of this package registers its sources when imported; they are imported on first use of
+# the registry (with plug-ins' sources: kdgen.plugins), so `import kdgen` stays light and `names()` is complete.
 
 
 def register(name: str) -> Callable[[Callable[["DataConfig"], SourceData]], Callable[["DataConfig"], SourceData]]:
@@ -33,12 +34,10 @@ def register(name: str) -> Callable[[Callable[["DataConfig"], SourceData]], Call
 
 
 def _import_sources() -> None:
-    for module in _SOURCE_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # a real import error inside an existing module
-                raise
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+    plugins.load()
 
 
 def names() -> list[str]:

@@ -8,6 +8,7 @@ Register new ones with :func:`register`.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Callable
 
 from torch import nn
@@ -15,8 +16,6 @@ from torch import nn
 ModelFactory = Callable[..., nn.Module]
 
 _MODELS: dict[str, ModelFactory] = {}
-_MODEL_MODULES = ("kdgen.models.small", "kdgen.models.resnet_cifar", "kdgen.models.wide_resnet",
-                  "kdgen.models.densenet", "kdgen.models.resnet_imagenet")
 
 
 def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -32,12 +31,12 @@ def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 
 def _import_models() -> None:
-    for module in _MODEL_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    """Import every module of this package (each registers its models), then the plug-ins (kdgen.plugins)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    from kdgen import plugins
+
+    plugins.load()
 
 
 def names() -> list[str]:

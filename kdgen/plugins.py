@@ -1,0 +1,43 @@
+"""Plug-ins from other packages, through Python entry points (as pytest and setuptools take theirs).
+
+A package adds arms, student methods, tolerance methods, data sources or models by declaring a module in
+one of the groups below; kdgen imports those modules once, before it builds the config's sections, so
+what they register (with the same decorators the built-ins use) is validated like a built-in. In the
+plug-in's ``pyproject.toml``::
+
+    [project.entry-points."kdgen.methods"]
+    my_method = "my_package.methods"
+
+A plug-in module must not import :mod:`kdgen.config` at import time (the config is being built); the
+:class:`~kdgen.arms.Arm` base class gets the config when an arm is made. See ``examples/plugin/``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import warnings
+
+GROUPS = ("kdgen.arms", "kdgen.methods", "kdgen.tolerance", "kdgen.data", "kdgen.models")
+
+_loaded: dict[str, list[str]] = {}
+
+
+def load() -> dict[str, list[str]]:
+    """Import every registered plug-in module once; {group: [entry point names]}.
+
+    A plug-in that fails to import is skipped with a warning naming it and the error: a broken plug-in
+    must not stop kdgen (its names are then reported as unknown, with the choices that exist).
+    """
+    if _loaded:
+        return _loaded
+    for group in GROUPS:
+        _loaded[group] = []
+        for entry in importlib.metadata.entry_points(group=group):
+            try:
+                entry.load()
+            except Exception as exc:  # noqa: BLE001 - any failure of someone else's code
+                warnings.warn(f"kdgen: plug-in {entry.name!r} ({group}, {entry.value}) failed to load: "
+                              f"{type(exc).__name__}: {exc}", stacklevel=2)
+                continue
+            _loaded[group].append(entry.name)
+    return _loaded
