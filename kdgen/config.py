@@ -275,13 +275,19 @@ def format_validation_error(error: ValidationError, source: str, root: type[Base
     with a did-you-mean for unknown keys."""
     first = error.errors()[0]
     parts = [str(part) for part in first["loc"]]
-    method_fields = None
+    method_fields, method = None, None
     registry = TAGGED_SECTIONS[parts[0]][0] if parts and parts[0] in TAGGED_SECTIONS else None
     if registry is not None and len(parts) > 1 and parts[1] in registry:
-        method_fields = list(registry[parts.pop(1)].model_fields)  # the union's tag is not a key the user wrote
+        method = parts.pop(1)  # the union's tag is not a key the user wrote
+        method_fields = list(registry[method].model_fields)
     location = ".".join(parts)
     if first["type"] == "extra_forbidden":
         parent_path, _, leaf = location.rpartition(".")
+        owners = [name for name, cls in (registry or {}).items() if name != method and leaf in cls.model_fields]
+        if method is not None and owners and leaf not in method_fields:  # a key of another method
+            return (f"{source}: {location!r} is not a key of {parent_path}.method {method!r} (a key of "
+                    f"{', '.join(repr(o) for o in owners)}); give the {parent_path} section for {method!r}: "
+                    f"{', '.join(k for k in method_fields if k != 'method')}")
         known = method_fields if method_fields is not None else _known_keys(parent_path, root or Config)
         close = difflib.get_close_matches(leaf, known, n=1)
         hint = f" (did you mean {'.'.join(filter(None, [parent_path, close[0]]))!r}?)" if close else ""
