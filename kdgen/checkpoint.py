@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,14 @@ def load_model(model: nn.Module, path: Path) -> dict[str, Any]:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0][:160]})") from None
     return metadata
+
+
+def link(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` (a copy across file systems), replacing ``target``."""
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # per process: sweeps may share a cache
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

@@ -192,7 +192,8 @@ def _stop_on_signals() -> tuple["StopFlag", Callable[[], None]]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from kdgen.sweep import make_plan, run_sweep
+    from kdgen.sweep import run_sweep
+    from kdgen.sweep_plan import make_plan
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise UserError("kdgen sweep runs in one process; under torchrun, use kdgen run (runtime.parallel=chains) "

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from torch import nn
 
-from kdgen.checkpoint import atomic_write, check_safetensors, load_model, read_json, save_model, write_json
+from kdgen.checkpoint import atomic_write, check_safetensors, link, load_model, read_json, save_model, write_json
 from kdgen.errors import CheckpointError, UserError
 from kdgen.resume import EpochState, load_state, save_state
 
@@ -215,8 +215,6 @@ class RunFolder:
 
     def adopt_unit(self, unit_name: str, checkpoint: Path, rows: list[Row], extras: dict[str, Any]) -> None:
         """Finish a unit with a checkpoint another run trained (a hard link where possible)."""
-        from kdgen.unit_cache import link
-
         self.checkpoint_path(unit_name).parent.mkdir(parents=True, exist_ok=True)
         link(checkpoint, self.checkpoint_path(unit_name))
         self._mark_done(unit_name, rows, extras)

@@ -18,6 +18,7 @@ from kdgen.arms import sort_key as arm_sort_key
 from kdgen.report import format_cell, markdown_table, paired_stats, summarize, values_by_cell
 from kdgen.report_page import write_html
 from kdgen.run_folder import Row
+from kdgen.sweep_plan import SweepPlan, axis_keys, parse_select
 
 SPLIT = "val"  # a sweep chooses; it never reads the test split
 SHOWN = ("top1", "nll", "conf", "entropy", "secondary_mass", "semantic")
@@ -44,7 +45,6 @@ def _point_rows(out: Path, name: str) -> tuple[list[Row], bool]:
 def sweep_summary(out: Path) -> dict[str, Any]:
     """The sweep's results as data (also written to ``sweep_summary.json``)."""
     from kdgen.config import build_config
-    from kdgen.sweep import SweepPlan, parse_select
 
     plan_json = _load_plan(out)
     plan = SweepPlan.from_json(plan_json)
@@ -105,8 +105,6 @@ def build_sweep_report(out: Path) -> Path:
     summary = sweep_summary(out)
     select = summary["select"]
     arm, last = select["arm"], select["generation"]
-    from kdgen.sweep import axis_keys
-
     axes = [k for k, _ in summary["grid"]]
     keys = [key for axis in axes for key in axis_keys(axis)]
     done = sum(e["complete"] for e in summary["points"])

@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kdgen import arms
-from kdgen.checkpoint import read_json, write_json
+from kdgen.checkpoint import link, read_json, write_json
 from kdgen.config import Config
 from kdgen.run_folder import Row
 from kdgen.train import REVISION as train_revision
@@ -125,14 +123,3 @@ def _package_version() -> str:
         return version("kdgen")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
-
-
-def link(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to ``target`` (a copy across file systems), replacing ``target``."""
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # per process: sweeps may share a cache
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)

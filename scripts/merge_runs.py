@@ -27,7 +27,8 @@ from kdgen.errors import UserError
 from kdgen.generations import units
 from kdgen.report_page import build_report
 from kdgen.run_folder import check_new_out_dir, saved_config
-from kdgen.unit_cache import link, unit_key
+from kdgen.checkpoint import link
+from kdgen.unit_cache import unit_key
 
 
 def merged_config(runs: list[Path]):

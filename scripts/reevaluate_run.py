@@ -26,7 +26,7 @@ from kdgen.generations import GenerationsRunner, Unit
 from kdgen.models import build
 from kdgen.report_page import build_report
 from kdgen.run_folder import check_new_out_dir, saved_config, write_config
-from kdgen.unit_cache import link
+from kdgen.checkpoint import link
 
 
 def reevaluate(old: Path, new: Path) -> Counter:

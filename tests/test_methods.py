@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdgen import arms, losses
-from kdgen.config import build_config, load_config
+from kdgen.config import load_config
 from kdgen.errors import ConfigError
-from kdgen.methods import GenerationLoss, Progress, Step, StudentMethod
+from kdgen.methods import GenerationLoss, Step, StudentMethod
 from kdgen.methods.dkd import DecoupledKD
 from kdgen.models import build
 from kdgen.objective import GenerationObjective

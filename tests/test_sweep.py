@@ -11,7 +11,8 @@ from kdgen import generations
 from kdgen.checkpoint import read_json, write_json
 from kdgen.config import load_config
 from kdgen.runner import run_experiment
-from kdgen.sweep import grid_points, make_plan, parse_axis, run_sweep
+from kdgen.sweep import run_sweep
+from kdgen.sweep_plan import grid_points, make_plan, parse_axis
 from kdgen.sweep_report import build_sweep_report
 from kdgen.unit_cache import UnitCache, unit_key
 
