@@ -18,6 +18,7 @@ from kdgen import arms as arm_registry
 from kdgen.checkpoint import read_json
 from kdgen.errors import CheckpointError
 from kdgen.run_folder import RESULTS_FILE, Row, checkpoint_relpath
+from kdgen.formatting import p_value, signed
 
 METRICS = ("top1", "top5", "nll", "ece", "conf", "entropy", "secondary_mass", "semantic", "semantic_mass")
 
@@ -144,11 +145,6 @@ def summary_table(summary: list[dict[str, object]], split: str) -> tuple[list[st
     return header, body
 
 
-def _signed(value: float) -> str:
-    text = f"{value:+.2f}"
-    return "+0.00" if text == "-0.00" else text
-
-
 def comparisons(arms_run: Iterable[str]) -> list[tuple[str, str, str]]:
     """(arm, other, kind) for every comparison an arm asks for (``compare_with``) whose arms both ran;
     the most derived arms first (tolerant − strict before strict − baseline)."""
@@ -161,12 +157,6 @@ def comparisons(arms_run: Iterable[str]) -> list[tuple[str, str, str]]:
     return found
 
 
-def _p_text(p: float) -> str:
-    if math.isnan(p):
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def diff_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]:
     """Arm against arm at the same generation, paired by seed (ensembles against ensembles): top-1 and NLL."""
     header = ["comparison", "gen", "n", "Δ top1 (points)", "p (paired t)", "detectable (80 %)", "Δ NLL", "p (NLL)"]
@@ -176,10 +166,10 @@ def diff_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]]
         nll = {d["generation"]: d for d in paired_differences(rows, arm_a, arm_b, split=split, kind=kind, metric="nll")}
         for d in paired_differences(rows, arm_a, arm_b, split=split, kind=kind):
             detectable = detectable_effect(float(d["std"]), int(d["n"]))
-            line = [label, str(d["generation"]), str(d["n"]), f"{_signed(float(d['mean']))} ± {float(d['std']):.2f}",
-                    _p_text(float(d["p"])), "–" if math.isnan(detectable) else f"±{detectable:.2f}"]
+            line = [label, str(d["generation"]), str(d["n"]), f"{signed(float(d['mean']))} ± {float(d['std']):.2f}",
+                    p_value(float(d["p"])), "–" if math.isnan(detectable) else f"±{detectable:.2f}"]
             e = nll.get(d["generation"])
-            line += ["–", "–"] if e is None else [f"{float(e['mean']):+.3f} ± {float(e['std']):.3f}", _p_text(float(e["p"]))]
+            line += ["–", "–"] if e is None else [f"{float(e['mean']):+.3f} ± {float(e['std']):.3f}", p_value(float(e["p"]))]
             body.append(line)
     return header, body
 
@@ -199,7 +189,7 @@ def gains_table(rows: list[Row], split: str) -> tuple[list[str], list[list[str]]
             continue
         line.append(str(single["n"]))
         for d in (single, ensemble):
-            line += ["–", "–"] if d is None else [f"{_signed(d['mean'])} ± {d['std']:.2f}", _p_text(d["p"])]
+            line += ["–", "–"] if d is None else [f"{signed(d['mean'])} ± {d['std']:.2f}", p_value(d["p"])]
         body.append(line)
     return header, body
 
@@ -241,9 +231,9 @@ def trend_table(rows: list[Row], split: str, first: int = 2) -> tuple[list[str],
     def line(label: str, a: list[float], c: list[float]) -> list[str]:
         mean, low, high, p = _mean_ci(a)
         cmean, _, _, cp = _mean_ci(c) if c else (float("nan"),) * 4
-        interval = "–" if math.isnan(low) else f"[{_signed(low)}, {_signed(high)}]"
-        return [label, f"{first}..{last}", str(len(a)), _signed(mean), interval, _p_text(p),
-                "–" if math.isnan(cmean) else f"{cmean:+.4f}", _p_text(cp)]
+        interval = "–" if math.isnan(low) else f"[{signed(low)}, {signed(high)}]"
+        return [label, f"{first}..{last}", str(len(a)), signed(mean), interval, p_value(p),
+                "–" if math.isnan(cmean) else f"{cmean:+.4f}", p_value(cp)]
 
     for arm, by_seed in top1.items():
         body.append(line(arm, list(by_seed.values()), list(conf.get(arm, {}).values())))

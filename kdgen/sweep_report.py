@@ -19,6 +19,7 @@ from kdgen.report import format_cell, markdown_table, paired_stats, summarize, v
 from kdgen.report_page import write_html
 from kdgen.run_folder import Row
 from kdgen.sweep_plan import SweepPlan, axis_keys, parse_select
+from kdgen.formatting import p_value, signed
 
 SPLIT = "val"  # a sweep chooses; it never reads the test split
 SHOWN = ("top1", "nll", "conf", "entropy", "secondary_mass", "semantic")
@@ -93,8 +94,7 @@ def _cell(entry: dict[str, Any], arm: str, generation: int, kind: str = "single"
 def _diff(d: dict[str, Any] | None) -> str:
     if d is None:
         return "–"
-    p = "n/a" if math.isnan(d["p"]) else f"{d['p']:.3f}"
-    return f"{d['mean']:+.2f} ± {d['std']:.2f} (p {p})"
+    return f"{signed(d['mean'])} ± {d['std']:.2f} (p {p_value(d['p'])})"
 
 
 def build_sweep_report(out: Path) -> Path:

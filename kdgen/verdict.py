@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 
 from kdgen.run_folder import Row
+from kdgen.formatting import p_value, signed
 
 ALPHA = 0.05
 
@@ -42,25 +43,14 @@ class Finding:
         """``label``: the difference, its interval and p, and what they allow one to say."""
         seeds = f"{self.n} seed{'s' if self.n != 1 else ''}"
         if self.n < 2:
-            return f"{self.label}: {_signed(self.mean)} points with 1 seed, which cannot be tested; run more seeds."
-        numbers = f"{_signed(self.mean)} points (95 % CI {_signed(self.low)} to {_signed(self.high)}, p {_p(self.p)})"
+            return f"{self.label}: {signed(self.mean)} points with 1 seed, which cannot be tested; run more seeds."
+        numbers = f"{signed(self.mean)} points (95 % CI {signed(self.low)} to {signed(self.high)}, p {p_value(self.p, prose=True)})"
         if not math.isnan(self.p) and self.p < ALPHA:
             word = "better" if self.mean > 0 else "worse"
             return f"{self.label}: {self.arm} is **{word}** with {seeds}, {numbers}."
         power = "" if math.isnan(self.detectable) else \
             f"; these seeds would detect a true difference of ±{self.detectable:.2f} points with 80 % power"
         return f"{self.label}: **no significant difference** with {seeds}, {numbers}{power}."
-
-
-def _signed(value: float) -> str:
-    text = f"{value:+.2f}"
-    return "+0.00" if text == "-0.00" else text
-
-
-def _p(p: float) -> str:
-    if math.isnan(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, other: str, kind: str,
@@ -115,6 +105,6 @@ def headline(found: list[Finding]) -> str:
     if not math.isnan(main.p) and main.p < ALPHA:
         verb = "beat" if main.mean > 0 else "did worse than"
         return (f"{main.arm.capitalize()} {verb} {main.other} at generation {main.generation} "
-                f"({_signed(main.mean)} points, p {_p(main.p)}, {main.n} seeds).")
+                f"({signed(main.mean)} points, p {p_value(main.p, prose=True)}, {main.n} seeds).")
     return (f"No significant difference between {main.arm} and {main.other} with {main.n} seeds "
-            f"({_signed(main.mean)} points at generation {main.generation}, p {_p(main.p)}).")
+            f"({signed(main.mean)} points at generation {main.generation}, p {p_value(main.p, prose=True)}).")

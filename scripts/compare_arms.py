@@ -19,7 +19,8 @@ import argparse
 import math
 from pathlib import Path
 
-from kdgen.report import _p_text, detectable_effect, format_cell, load_rows, paired_stats, summarize, values_by_cell
+from kdgen.formatting import p_value
+from kdgen.report import detectable_effect, format_cell, load_rows, paired_stats, summarize, values_by_cell
 
 
 def line_rows(spec: str) -> tuple[str, list[dict]]:
@@ -56,7 +57,7 @@ def main() -> None:
             text = ["–", "–", "–"]
             if diff is not None:
                 detectable = detectable_effect(diff["std"], int(diff["n"]))
-                text = [f"{diff['mean']:+.2f} ± {diff['std']:.2f}", _p_text(diff["p"]),
+                text = [f"{diff['mean']:+.2f} ± {diff['std']:.2f}", p_value(diff["p"]),
                         "–" if math.isnan(detectable) else f"±{detectable:.2f}"]
             print(f"| {label} | {generation} | {entry['n']} | {format_cell(entry, 'top1')} | "
                   f"{format_cell(entry, 'conf', 3)} | " + " | ".join(text) + " |")

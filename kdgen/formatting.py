@@ -1,0 +1,20 @@
+"""How numbers read in every report, verdict and sweep page: one place, so they read the same everywhere."""
+
+from __future__ import annotations
+
+import math
+
+
+def signed(value: float, digits: int = 2) -> str:
+    """``+1.23`` / ``-0.40``; a difference that rounds to zero reads ``+0.00``, never ``-0.00``."""
+    text = f"{value:+.{digits}f}"
+    return f"+{text[1:]}" if float(text) == 0 else text
+
+
+def p_value(p: float, *, prose: bool = False) -> str:
+    """A p-value to three decimals, ``<0.001`` below that (``< 0.001`` in sentences), ``n/a`` when undefined."""
+    if math.isnan(p):
+        return "n/a"
+    if p < 0.001:
+        return "< 0.001" if prose else "<0.001"
+    return f"{p:.3f}"
