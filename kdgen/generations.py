@@ -151,7 +151,7 @@ class GenerationsRunner:
                   for u, done in zip(chain, finished)]
         to_train = [not done and hit is None for done, hit in zip(finished, cached)]
         needed = {j for g, train in enumerate(to_train) if train
-                  for j in [arm.start(g), arm.teacher(g), *arm.ensemble(g)] if j is not None and j != g}
+                  for j in [arm.start(g), *arm.teachers(g), *arm.ensemble(g)] if j is not None and j != g}
         models: dict[int, nn.Module] = {}  # frozen generations a later one starts from or learns from
         member_probs: dict[int, dict[str, torch.Tensor]] = {}
         for generation, unit in enumerate(chain):
@@ -173,7 +173,7 @@ class GenerationsRunner:
             # The generation can now only teach or be started from; the next student is a new object.
             if model is not None:
                 models[generation] = freeze_teacher(model)
-            later = {j for g in range(generation + 1, len(chain)) for j in (arm.start(g), arm.teacher(g))}
+            later = {j for g in range(generation + 1, len(chain)) for j in (arm.start(g), *arm.teachers(g))}
             models = {j: m for j, m in models.items() if j in later}
         return rows
 
@@ -252,7 +252,7 @@ class GenerationsRunner:
         generation = unit.generation
         torch.manual_seed(unit.stream_seed)
         student = self.model_factory().to(self.runtime.device)
-        start, teacher = arm.start(generation), arm.teacher(generation)
+        start = arm.start(generation)
         if start is not None:
             student.load_state_dict(models[start].state_dict())  # a copy: the start model stays as it was
         resume_from = self.folder.pending_state(unit.name) if self.folder is not None else None
@@ -278,6 +278,6 @@ class GenerationsRunner:
                            on_step=(lambda: bar.update(1)) if bar is not None else None, on_epoch=on_epoch,
                            on_state=on_state if self.folder is not None else None, stop=self.stop)
         train_generation(student, self.data, arm.recipe(generation), arm.objective(generation), self.runtime, hooks,
-                         seed=unit.stream_seed, teacher=models[teacher] if teacher is not None else None,
+                         seed=unit.stream_seed, teacher=[models[t] for t in arm.teachers(generation)],
                          resume_from=resume_from)
         return student

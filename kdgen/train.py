@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -166,7 +166,7 @@ class Placement:
     is, so the named modules exist). Both run under the runtime's autocast.
     """
 
-    def __init__(self, model: nn.Module, teacher: nn.Module | None, loss: GenerationLoss, data: DataBundle,
+    def __init__(self, model: nn.Module, teachers: list[nn.Module], loss: GenerationLoss, data: DataBundle,
                  runtime: Runtime) -> None:
         device, self.memory_format = runtime.device, runtime.memory_format
         model.to(device, memory_format=self.memory_format).train()
@@ -181,33 +181,34 @@ class Placement:
             raise UserError("a loss with parameters of its own cannot run under runtime.parallel=data yet "
                             "(its gradients would not be averaged across processes); use runtime.parallel=chains")
         trained, self.end_parallel = runtime.parallel.prepare(model)
-        self.model, self.teacher = model, teacher
+        self.model, self.teacher = model, teachers[0] if teachers else None
         self.student = maybe_compile(trained, runtime.compile)
-        self.teach = None
         self.student_tap = FeatureTap(model, loss.features) if loss.features else None
         self.teacher_tap = None
-        if teacher is not None:
+        self.teach = []
+        for index, teacher in enumerate(teachers):
             runnable = teacher if loss.features else fold_batchnorm(teacher)
-            self.teach = maybe_compile(runnable.to(device, memory_format=self.memory_format), runtime.compile)
-            self.teacher_tap = FeatureTap(runnable, loss.features) if loss.features else None
+            self.teach.append(maybe_compile(runnable.to(device, memory_format=self.memory_format), runtime.compile))
+            if loss.features and index == 0:
+                self.teacher_tap = FeatureTap(runnable, loss.features)
         self.normalize = Normalizer(data.mean, data.std, device)
         self.autocast = runtime.autocast()
 
     def step(self, images: torch.Tensor, targets: torch.Tensor, progress: Progress) -> Step:
         """Normalise, run the frozen teacher and the student, and collect what the loss asked for."""
         inputs = self.normalize(images).contiguous(memory_format=self.memory_format)
-        teacher_logits, teacher_features = None, {}
-        if self.teach is not None:
+        teachers_logits, teacher_features = [], {}
+        for teach in self.teach:
             with torch.inference_mode(), self.autocast:
-                teacher_logits = self.teach(inputs)
-            teacher_logits = teacher_logits.clone()  # a normal tensor, usable next to autograd
-            if self.teacher_tap is not None:
-                teacher_features = {name: out.clone() for name, out in self.teacher_tap.take().items()}
+                teacher_logits = teach(inputs)
+            teachers_logits.append(teacher_logits.clone())  # a normal tensor, usable next to autograd
+        if self.teacher_tap is not None:
+            teacher_features = {name: out.clone() for name, out in self.teacher_tap.take().items()}
         with self.autocast:
             logits = self.student(inputs)
         features = self.student_tap.take() if self.student_tap is not None else {}
-        return Step(inputs, targets, logits, progress, teacher_logits, features, teacher_features,
-                    self.model, self.teacher)
+        return Step(inputs, targets, logits, progress, teachers_logits[0] if teachers_logits else None, features,
+                    teacher_features, self.model, self.teacher, teachers_logits)
 
     def close(self) -> None:
         for tap in (self.student_tap, self.teacher_tap):
@@ -242,12 +243,13 @@ class EpochTally:
         return {name: float(total) / steps for name, total in sums.items()}
 
 
-def check_teacher(model: nn.Module, teacher: nn.Module | None) -> None:
+def check_teachers(model: nn.Module, teachers: list[nn.Module]) -> None:
     """The born-again bugs a teacher can carry: the student itself, or a teacher still training."""
-    if teacher is model:
-        raise ValueError("teacher and student must be different objects")
-    if teacher is not None and (teacher.training or any(p.requires_grad for p in teacher.parameters())):
-        raise ValueError("teacher must be frozen (eval mode, no gradients): call freeze_teacher first")
+    for teacher in teachers:
+        if teacher is model:
+            raise ValueError("teacher and student must be different objects")
+        if teacher.training or any(p.requires_grad for p in teacher.parameters()):
+            raise ValueError("teacher must be frozen (eval mode, no gradients): call freeze_teacher first")
 
 
 def train_generation(
@@ -259,19 +261,20 @@ def train_generation(
     hooks: TrainHooks = TrainHooks(),
     *,
     seed: int,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | Sequence[nn.Module] | None = None,
     resume_from: EpochState | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``recipe.epochs`` epochs on ``data.train``, minimising ``objective``.
 
     Everything stateful is created here, afresh: optimizer, LR schedule and the batch generator.
-    ``teacher`` (if given) must be a different object, frozen with :func:`freeze_teacher`; it sees the
-    same augmented batch as the student. ``seed`` drives the batch order and augmentation through a
+    ``teacher`` (a model, several, or None) must be a different object, frozen with :func:`freeze_teacher`;
+    it sees the same augmented batch as the student. ``seed`` drives the batch order and augmentation through a
     private generator (model initialisation is the caller's business). ``resume_from`` continues from a
     state ``hooks.on_state`` received, as if training had never stopped.
     """
-    check_teacher(model, teacher)
-    placement = Placement(model, teacher, objective, data, runtime)
+    teachers = [] if teacher is None else [teacher] if isinstance(teacher, nn.Module) else list(teacher)
+    check_teachers(model, teachers)
+    placement = Placement(model, teachers, objective, data, runtime)
     generator = torch.Generator(device=runtime.device).manual_seed(seed)
     batches = TrainBatches(data.train, data.augment, recipe.batch_size, runtime.device, generator, runtime.workers,
                            share=runtime.parallel.batch_share)

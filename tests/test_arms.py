@@ -72,10 +72,11 @@ def test_snapshot_cycles_warm_start_from_and_learn_from_the_previous_cycle(monke
     real_train = generations_module.train_generation
 
     def spy(model, data_, recipe, objective, runtime, hooks, *, seed, teacher=None, resume_from=None):
+        given, teacher = teacher, (teacher or [None])[0]  # the runner hands the arm's list of teachers
         start = {k: v.clone() for k, v in model.state_dict().items()}
         teacher_state = None if teacher is None else {k: v.clone() for k, v in teacher.state_dict().items()}
         frozen = teacher is None or (not teacher.training and not any(p.requires_grad for p in teacher.parameters()))
-        result = real_train(model, data_, recipe, objective, runtime, hooks, seed=seed, teacher=teacher,
+        result = real_train(model, data_, recipe, objective, runtime, hooks, seed=seed, teacher=given,
                             resume_from=resume_from)
         calls.append({"start": start, "teacher": teacher_state, "frozen": frozen, "same": teacher is model,
                       "end": {k: v.clone() for k, v in model.state_dict().items()}, "epochs": recipe.epochs,

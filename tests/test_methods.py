@@ -177,3 +177,35 @@ def test_dkd_runs_from_the_command_line_and_the_api(tmp_path, tiny_data):
     cfg = tiny_config(distill={"method": "dkd"}, generations={"count": 1, "arms": ["strict"]})
     rows = kdgen.train_generations(lambda: build("cnn-tiny", 4, 1), tiny_data, cfg)
     assert {(r["arm"], r["generation"]) for r in rows} == {("strict", 0), ("strict", 1)}
+
+
+def test_an_arm_with_two_teachers_hands_both_to_the_loss(tiny_data, monkeypatch):
+    """Arm.teachers may name several earlier generations; the loss gets every teacher's logits, in order."""
+    from kdgen.arms import base as arm_registry
+    from kdgen.arms.born_again import Strict
+    from kdgen.generations import GenerationsRunner
+
+    seen = []
+
+    class Both(StudentMethod):
+        def forward(self, step):
+            seen.append(len(step.teachers_logits))
+            assert step.teacher_logits is step.teachers_logits[0]
+            mean = torch.stack(step.teachers_logits).mean(dim=0)
+            return {"kd": losses.distillation_loss(step.logits, mean, 2.0)}
+
+    class TwoTeachers(Strict):
+        name = "test-two-teachers"
+
+        def teachers(self, generation):
+            return [g for g in (generation - 1, generation - 2) if g >= 0]
+
+        def objective(self, generation):
+            return GenerationObjective(method=Both() if generation > 0 else None)
+
+    monkeypatch.setitem(arm_registry._REGISTRY, TwoTeachers.name, TwoTeachers)  # registered for this test only
+
+    cfg = tiny_config(generations={"count": 2, "arms": ["test-two-teachers"]}, train={"epochs": 1})
+    rows = GenerationsRunner(cfg, tiny_data, lambda: build("cnn-tiny", 4, 1)).run()
+    steps = len(tiny_data.train) // cfg.train.batch_size
+    assert seen == [1] * steps + [2] * steps and len({r["generation"] for r in rows}) == 3

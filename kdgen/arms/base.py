@@ -59,6 +59,12 @@ class Arm:
         """The earlier generation that teaches ``generation`` (frozen, eval mode); None: no teacher."""
         return None
 
+    def teachers(self, generation: int) -> list[int]:
+        """Every earlier generation that teaches ``generation``, first the one ``teacher`` names. Override this
+        (not ``teacher``) for several teachers: the loss then gets all their logits (``Step.teachers_logits``)."""
+        teacher = self.teacher(generation)
+        return [] if teacher is None else [teacher]
+
     def ensemble(self, generation: int) -> list[int]:
         """Generations whose softmax the ensemble reported at ``generation`` averages (reported when ≥ 2).
 

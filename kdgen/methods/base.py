@@ -42,9 +42,11 @@ class Step:
     """What a generation's loss sees at one optimizer step.
 
     ``inputs`` are normalised images, ``logits`` the student's (under autocast: possibly bf16),
-    ``teacher_logits`` the frozen teacher's on the same augmented batch (None without a teacher).
+    ``teacher_logits`` the frozen teacher's on the same augmented batch (None without a teacher; with
+    several teachers, the first one's, and ``teachers_logits`` holds every teacher's in order).
     ``features`` and ``teacher_features`` hold the outputs of the modules the loss named in
-    :attr:`GenerationLoss.features`, by name. ``student`` and ``teacher`` are the models themselves.
+    :attr:`GenerationLoss.features`, by name (the teacher's: the first teacher's). ``student`` and
+    ``teacher`` are the models themselves.
     """
 
     inputs: torch.Tensor
@@ -56,6 +58,7 @@ class Step:
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     student: nn.Module | None = None
     teacher: nn.Module | None = None
+    teachers_logits: list[torch.Tensor] = field(default_factory=list)
 
 
 class GenerationLoss(nn.Module):
