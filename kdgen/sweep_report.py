@@ -115,7 +115,7 @@ def build_sweep_report(out: Path) -> Path:
              f"Score: val top-1 of {what}. Paired differences pair seeds: against the reference point "
              f"`{summary['reference']}`" + (f", and against the strict arm's generation {last} at the same point."
                                             if any("vs_strict" in e for e in summary["points"])
-                                            else " (the strict arm was not run)."),
+                                            else "." if arm == "strict" else " (the strict arm was not run)."),
              "Units shared between points (the baseline and strict arms in a tolerance sweep) were trained once."]
     if summary["best"] is not None:
         best = next(e for e in summary["points"] if e["name"] == summary["best"])
