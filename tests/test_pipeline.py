@@ -94,7 +94,7 @@ def test_tolerance_methods_have_their_own_parameters_and_terms():
     assert not cp.replaces_ce and torch.equal(cp.loss(logits, target), 0.3 * confidence_penalty(logits))
     assert load_config(None, ["tolerance.method=none"]).tolerance.term() is None
     assert load_config(None, ["tolerance.eta=0"]).tolerance.term() is None  # inactive: no term at all
-    with pytest.raises(ConfigError, match="unknown key 'tolerance.k'"):
+    with pytest.raises(ConfigError, match="'tolerance.k' is not a key of tolerance.method 'label-smoothing' \\(a key of 'tsd'\\)"):
         load_config(None, ["tolerance.method=label-smoothing", "tolerance.k=3"])
 
 

@@ -59,7 +59,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
     rng = random.Random(1234)
     kills = 0
     process = start(out)
-    for finished_units in range(3):
+    for finished_units in range(2):
         # Each kill lands inside a unit's training, after at least one of its epochs was saved.
         if not after_progress(out, process, finished_units, rng):
             break
@@ -68,7 +68,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
         kills += 1
         process = start(out, "--resume")
     assert process.wait(timeout=300) == 0, process.stderr.read()
-    assert kills >= 2
+    assert kills == 2
     assert (out / "results.json").read_bytes() == expected
     for checkpoint in (reference / "checkpoints").iterdir():
         # safetensors orders header metadata arbitrarily, so compare contents, not bytes
