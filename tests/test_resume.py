@@ -27,11 +27,12 @@ def start(out, *extra):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def reference_run(tmp_path):
-    """An uninterrupted run's folder."""
-    reference = tmp_path / "reference"
-    assert start(reference).wait(timeout=300) == 0
-    return reference
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run's folder, shared by the tests that stop and resume the same run."""
+    out = tmp_path_factory.mktemp("resume") / "reference"
+    assert start(out).wait(timeout=300) == 0
+    return out
 
 
 def after_progress(out, process, finished_units, rng):
@@ -51,8 +52,7 @@ def after_progress(out, process, finished_units, rng):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_gives_identical_results(tmp_path):
-    reference = reference_run(tmp_path)
+def test_sigkill_then_resume_gives_identical_results(tmp_path, reference):
     expected = (reference / "results.json").read_bytes()
 
     out = tmp_path / "killed"
@@ -80,8 +80,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_signals_save_mid_epoch_state_and_resume_exactly(tmp_path):
-    reference = reference_run(tmp_path)
+def test_signals_save_mid_epoch_state_and_resume_exactly(tmp_path, reference):
     out = tmp_path / "stopped"
     rng = random.Random(99)
     process = start(out)
