@@ -14,12 +14,26 @@ A plug-in module must not import :mod:`kdgen.config` at import time (the config 
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import pkgutil
 import warnings
+from typing import Iterable
 
 GROUPS = ("kdgen.arms", "kdgen.methods", "kdgen.tolerance", "kdgen.data", "kdgen.models")
 
 _loaded: dict[str, list[str]] = {}
+_imported_packages: set[str] = set()
+
+
+def import_submodules(package: str, path: Iterable[str], skip: tuple[str, ...] = ()) -> None:
+    """Import every module of the built-in ``package`` (folder ``path``) once: each registers what it adds."""
+    if package in _imported_packages:
+        return
+    for module in pkgutil.iter_modules(path):
+        if module.name not in skip:
+            importlib.import_module(f"{package}.{module.name}")
+    _imported_packages.add(package)
 
 
 def load() -> dict[str, list[str]]:

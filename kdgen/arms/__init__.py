@@ -8,13 +8,9 @@ see :class:`~kdgen.arms.base.Arm`.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from kdgen.arms.base import Arm, color, get, make, names, register, settings_sections, sort_key
+from kdgen.plugins import import_submodules
 
 __all__ = ["Arm", "color", "get", "make", "names", "register", "settings_sections", "sort_key"]
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_submodules(__name__, __path__, skip=("base",))

@@ -6,8 +6,6 @@ A source is a function ``load(cfg: DataConfig) -> SourceData`` registered under 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import TYPE_CHECKING, Callable
 
 from kdgen import plugins
@@ -34,9 +32,7 @@ def register(name: str) -> Callable[[Callable[["DataConfig"], SourceData]], Call
 
 
 def _import_sources() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "base":
-            importlib.import_module(f"{__name__}.{module.name}")
+    plugins.import_submodules(__name__, __path__, skip=("base",))
     plugins.load()
 
 

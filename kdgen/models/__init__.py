@@ -7,11 +7,11 @@ Register new ones with :func:`register`.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Callable
 
 from torch import nn
+
+from kdgen import plugins
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -32,10 +32,7 @@ def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 def _import_models() -> None:
     """Import every module of this package (each registers its models), then the plug-ins (kdgen.plugins)."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    from kdgen import plugins
-
+    plugins.import_submodules(__name__, __path__)
     plugins.load()
 
 
