@@ -21,6 +21,7 @@ from kdgen.config import Config
 from kdgen.data.base import AugmentSpec, SourceData, Split, make_bundle, DataBundle
 from kdgen.errors import DataError
 from kdgen.report import console_summary
+from kdgen.results import Results
 from kdgen.run_folder import Row
 
 
@@ -65,4 +66,4 @@ def train_generations(model_factory: Callable[[], nn.Module], data: DataBundle, 
 
 def summary_text(rows: list[Row]) -> str:
     """The console summary table (test split, mean ± std over seeds, paired differences)."""
-    return console_summary(rows)
+    return console_summary(Results(rows))

@@ -212,8 +212,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from kdgen.report import console_summary, load_rows
+    from kdgen.report import console_summary
     from kdgen.report_page import build_comparison, build_report
+    from kdgen.results import Results
 
     if args.out is None and len(args.run_dirs) > 1:
         raise UserError("comparing several runs needs --out DIR, a new folder for the comparison page")
@@ -223,9 +224,9 @@ def _report(args: argparse.Namespace) -> int:
         check_new_out_dir(args.out)
         print(f"report: {build_comparison(args.run_dirs, args.out)}")  # reads every run before writing
         return 0
-    rows = load_rows(args.run_dirs[0])
-    path = build_report(args.run_dirs[0], rows)
-    print(console_summary(rows))
+    results = Results.load(args.run_dirs[0])
+    path = build_report(args.run_dirs[0], results)
+    print(console_summary(results))
     print(f"\nreport: {path}")
     return 0
 

@@ -7,10 +7,12 @@ into cycles; a baseline ensemble of g models, g trainings. Each arm says what it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdgen import arms as arm_registry
+from kdgen.results import Cell
 
 if TYPE_CHECKING:
     from kdgen.config import Config
@@ -27,31 +29,33 @@ def run_config(run_dir: Path) -> "Config | None":
         return None
 
 
-def equal_cost_points(summary: list[dict[str, object]], cfg: "Config") -> list[dict[str, object]]:
-    """Summary entries of registered arms with ``cost`` (epochs) and ``models`` (cost / train.epochs) added.
+@dataclass(frozen=True)
+class CostPoint:
+    """A cell of the run and what it cost: ``cost`` training epochs, ``models`` = cost / train.epochs."""
 
-    One entry per (split, arm, kind, cost), the lowest generation: the baseline's single models all
-    cost one training, and generation 0 stands for them.
-    """
+    cell: Cell
+    cost: float
+    models: float
+
+
+def equal_cost_points(cells: list[Cell], cfg: "Config") -> list[CostPoint]:
+    """The cells of registered arms with their cost, one per (split, arm, kind, cost): the lowest generation
+    (the baseline's single models all cost one training, and generation 0 stands for them)."""
     bound = {name: arm_registry.make(name, cfg) for name in arm_registry.names()}
-    points: dict[tuple, dict[str, object]] = {}
-    for entry in sorted(summary, key=lambda e: int(e["generation"])):  # type: ignore[arg-type]
-        arm = bound.get(str(entry["arm"]))
-        if arm is None or "top1_mean" not in entry:
+    points: dict[tuple, CostPoint] = {}
+    for cell in sorted(cells, key=lambda c: c.generation):
+        arm = bound.get(cell.arm)
+        if arm is None or not cell.has("top1"):
             continue
-        cost = arm.cost_epochs(int(entry["generation"]), str(entry["kind"]))  # type: ignore[arg-type]
-        points.setdefault((entry["split"], entry["arm"], entry["kind"], cost),
-                          {**entry, "cost": cost, "models": cost / cfg.train.epochs})
+        cost = arm.cost_epochs(cell.generation, cell.kind)
+        points.setdefault((cell.split, cell.arm, cell.kind, cost), CostPoint(cell, cost, cost / cfg.train.epochs))
     return list(points.values())
 
 
-def equal_cost_table(points: list[dict[str, object]], split: str) -> tuple[list[str], list[list[str]]]:
+def equal_cost_table(points: list[CostPoint], split: str) -> tuple[list[str], list[list[str]]]:
     """One line per (arm, generation, kind), cheapest first: cost and top-1 (mean ± std over seeds)."""
-    from kdgen.report import format_cell
-
     header = ["epochs spent", "models' worth", "arm", "gen", "kind", "n", "top1"]
-    chosen = sorted((p for p in points if p["split"] == split),
-                    key=lambda p: (float(p["cost"]), -float(p["top1_mean"])))  # type: ignore[arg-type]
-    body = [[f"{float(p['cost']):g}", f"{float(p['models']):.2f}", str(p["arm"]), str(p["generation"]), str(p["kind"]),  # type: ignore[arg-type]
-             str(p["n"]), format_cell(p, "top1")] for p in chosen]
+    chosen = sorted((p for p in points if p.cell.split == split), key=lambda p: (p.cost, -p.cell.means["top1"]))
+    body = [[f"{p.cost:g}", f"{p.models:.2f}", p.cell.arm, str(p.cell.generation), p.cell.kind, str(p.cell.n),
+             p.cell.format("top1")] for p in chosen]
     return header, body

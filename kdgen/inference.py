@@ -76,9 +76,9 @@ def _units(run_dir: Path, cfg: "Config", which: str) -> list[tuple[str, int, int
         if best_path.is_file():
             best = read_json(best_path)
         else:
-            from kdgen.report import best_unit, load_rows
+            from kdgen.results import Results
 
-            best = best_unit(load_rows(run_dir))
+            best = Results.load(run_dir).best_unit()
         if not best:
             raise UserError(f"{run_dir}: no model has val results yet, so there is no best one (incomplete run?)")
         return [(str(best["arm"]), int(best["seed"]), int(best["generation"]))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,11 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from kdgen.arms import color as arm_color
 from kdgen.arms import sort_key as arm_sort_key
 
+if TYPE_CHECKING:
+    from kdgen.equal_cost import CostPoint
+    from kdgen.results import Cell
+    from kdgen.sweep_report import PointSummary, SweepSummary
 
-def _series(summary: list[dict[str, object]], split: str, kind: str, arm: str, metric: str) -> tuple[list, list, list]:
-    points = sorted((int(e["generation"]), float(e[f"{metric}_mean"]), float(e[f"{metric}_std"]))  # type: ignore[arg-type]
-                    for e in summary if e["split"] == split and e["kind"] == kind and e["arm"] == arm
-                    and f"{metric}_mean" in e)
+
+def _series(cells: "list[Cell]", split: str, kind: str, arm: str, metric: str) -> tuple[list, list, list]:
+    """Generations, means and stds of ``metric`` for one arm and kind, in generation order."""
+    points = sorted((c.generation, c.means[metric], c.stds[metric]) for c in cells
+                    if (c.split, c.kind, c.arm) == (split, kind, arm) and c.has(metric))
     return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
 
 
@@ -37,10 +43,10 @@ def _draw_arm_series(ax: "plt.Axes", series: list[tuple[str, str, list, list, li
                         markersize=4, label=f"{arm} ({kind})", alpha=0.9 if kind == "single" else 0.7)
 
 
-def _summary_series(summary: list[dict[str, object]], split: str, metric: str) -> list[tuple[str, str, list, list, list]]:
+def _summary_series(cells: "list[Cell]", split: str, metric: str) -> list[tuple[str, str, list, list, list]]:
     """(arm, kind, generations, means, stds) of ``metric`` for every arm, single models and ensembles."""
-    arms = sorted({str(e["arm"]) for e in summary}, key=arm_sort_key)
-    return [(arm, kind, *_series(summary, split, kind, arm, metric)) for arm in arms for kind in ("single", "ensemble")]
+    arms = sorted({c.arm for c in cells}, key=arm_sort_key)
+    return [(arm, kind, *_series(cells, split, kind, arm, metric)) for arm in arms for kind in ("single", "ensemble")]
 
 
 def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, xlabel: str, ylabel: str, title: str,
@@ -63,20 +69,20 @@ def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, x
     return _save(fig, path)
 
 
-def metric_plot(summary: list[dict[str, object]], split: str, metric: str, path: Path, ylabel: str) -> Path:
+def metric_plot(cells: "list[Cell]", split: str, metric: str, path: Path, ylabel: str) -> Path:
     """``metric`` against generation for every arm: single models solid, ensembles dashed, ± std bars."""
-    return _arm_lines(_summary_series(summary, split, metric), path, xlabel="generation (0 = patriarch; ensemble = generations 1..g)", ylabel=ylabel,
+    return _arm_lines(_summary_series(cells, split, metric), path, xlabel="generation (0 = patriarch; ensemble = generations 1..g)", ylabel=ylabel,
                       title=f"{ylabel} on the {split} split (mean ± std over seeds)", integer_x=True)
 
 
-def accuracy_confidence_plot(summary: list[dict[str, object]], split: str, path: Path) -> Path:
+def accuracy_confidence_plot(cells: "list[Cell]", split: str, path: Path) -> Path:
     """The paper's mechanism, side by side per arm: single-model top-1 and mean confidence (top-1
     probability) against generation. Do strict generations grow confident again while tolerant ones stay
     tolerant, and does accuracy follow?"""
-    arms = sorted({str(e["arm"]) for e in summary}, key=arm_sort_key)
+    arms = sorted({c.arm for c in cells}, key=arm_sort_key)
     fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=110)
     for ax, metric, label in ((axes[0], "top1", "top-1 accuracy (%)"), (axes[1], "conf", "confidence (mean top-1 prob.)")):
-        _draw_arm_series(ax, [(arm, "single", *_series(summary, split, "single", arm, metric)) for arm in arms])
+        _draw_arm_series(ax, [(arm, "single", *_series(cells, split, "single", arm, metric)) for arm in arms])
         ax.set_xlabel("generation (0 = patriarch)")
         ax.set_ylabel(label)
         ax.set_title(f"{label}, single models, {split} split", fontsize=10)
@@ -87,30 +93,30 @@ def accuracy_confidence_plot(summary: list[dict[str, object]], split: str, path:
     return _save(fig, path)
 
 
-def _axis_value(entry: dict, keys: list[str]) -> object:
+def _axis_value(point: "PointSummary", keys: list[str]) -> object:
     """A grid point's value on an axis: the key's value, or a tuple for linked keys."""
-    return entry["settings"][keys[0]] if len(keys) == 1 else tuple(entry["settings"][k] for k in keys)
+    return point.settings[keys[0]] if len(keys) == 1 else tuple(point.settings[k] for k in keys)
 
 
-def _slice(summary: dict, axis: str, free: str | None = None) -> list[dict]:
+def _slice(summary: "SweepSummary", axis: str, free: str | None = None) -> "list[PointSummary]":
     """The grid points along ``axis`` (and ``free``, when given) with every other axis at the best (else the
     first) point's value."""
     from kdgen.sweep_plan import axis_keys
 
-    anchor = summary["best_settings"] or summary["points"][0]["settings"]
+    anchor = summary.best_settings or summary.points[0].settings
     moving = set(axis_keys(axis)) | set(axis_keys(free) if free else [])
-    return [e for e in summary["points"] if all(e["settings"][k] == v for k, v in anchor.items() if k not in moving)]
+    return [p for p in summary.points if all(p.settings[k] == v for k, v in anchor.items() if k not in moving)]
 
 
-def _cell_series(points: list[dict], arm: str, generation: int, metric: str) -> tuple[list, list, list]:
+def _cell_series(points: "list[PointSummary]", arm: str, generation: int, metric: str) -> tuple[list, list, list]:
+    """Indices (into ``points``), val means and stds of a single-model cell's ``metric`` across grid points."""
     xs, ys, errs = [], [], []
-    for index, entry in enumerate(points):
-        cell = next((c for c in entry["cells"] if c["arm"] == arm and c["generation"] == generation
-                     and c["kind"] == "single" and f"{metric}_mean" in c), None)
-        if cell is not None:
+    for index, point in enumerate(points):
+        cell = point.results.cell("val", arm, generation)
+        if cell is not None and cell.has(metric):
             xs.append(index)
-            ys.append(cell[f"{metric}_mean"])
-            errs.append(cell[f"{metric}_std"])
+            ys.append(cell.means[metric])
+            errs.append(cell.stds[metric])
     return xs, ys, errs
 
 
@@ -134,19 +140,19 @@ def _axis_label(keys: list[str], value: object) -> str:
     return ", ".join(f"{_short(k)} {v}" for k, v in zip(keys, value))  # type: ignore[call-overload]
 
 
-def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
-    """Val top-1 of the selected arm (and of the strict arm, dashed) against grid axis ``key``, and the
+def sweep_plot(summary: "SweepSummary", key: str, path: Path) -> Path | None:
+    """Val top-1 of the selected arm (and of its rival arm, dashed) against grid axis ``key``, and the
     patriarch's confidence. With one axis: a line per generation, through the best point. With a second
     axis of several values (e.g. the students' temperature): a line per value of it, for the scored
     generation. None when no point has results yet."""
     from kdgen.sweep_plan import axis_keys
 
     keys = axis_keys(key)
-    second = next((k for k, values in summary["grid"] if k != key and len(values) > 1), None)
+    second = next((k for k, values in summary.grid if k != key and len(values) > 1), None)
     points = _slice(summary, key, second)
-    if not any(entry["cells"] for entry in points):
+    if not any(point.results.cells for point in points):
         return None
-    arm, last = summary["select"]["arm"], summary["select"]["generation"]
+    arm, last, rival = summary.arm, summary.generation, summary.rival
     values = list(dict.fromkeys(_axis_value(entry, keys) for entry in points))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
@@ -165,8 +171,8 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
                    palette(i % 10), [e for e in points if _axis_value(e, second_keys) == v], [last])
                   for i, v in enumerate(second_values)]
     fig, (left, zoom, right) = plt.subplots(1, 3, figsize=(15.0, 4.2), dpi=110)
-    reference: list[float] = []  # the strict arm's values (or the scored arm's last generation)
-    zoomed_on = "the strict arm"
+    reference: list[float] = []  # the rival arm's values (or the scored arm's last generation)
+    zoomed_on = f"the {rival} arm"
     for label, color, members, generations in groups:
         for generation in generations:
             name = label if second is None else f"gen {generation}, {label}"
@@ -175,12 +181,12 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
                 if xs:
                     ax.errorbar(position(members, xs), ys, yerr=errs, fmt="-o", color=color, capsize=3, markersize=4,
                                 label=f"{arm} {name}" + (" (patriarch)" if generation == 0 else ""))
-            if arm != "strict":
-                sx, sy, _ = _cell_series(members, "strict", generation, "top1")
+            if rival is not None:
+                sx, sy, _ = _cell_series(members, rival, generation, "top1")
                 reference += sy
                 for ax in (left, zoom):
                     if sx:
-                        ax.plot(position(members, sx), sy, "--", color=color, alpha=0.6, label=f"strict {name}")
+                        ax.plot(position(members, sx), sy, "--", color=color, alpha=0.6, label=f"{rival} {name}")
             if generation == last and not reference:
                 reference += ys
                 zoomed_on = f"{arm} gen {last}"
@@ -208,7 +214,7 @@ def sweep_plot(summary: dict, key: str, path: Path) -> Path | None:
             ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))
             ax.set_xticks(sorted(set(values)), [str(v) for v in sorted(set(values))])
     moving = set(keys) | set(axis_keys(second) if second else [])
-    fixed = {k: v for k, v in (summary["best_settings"] or {}).items() if k not in moving}
+    fixed = {k: v for k, v in (summary.best_settings or {}).items() if k not in moving}
     fig.suptitle(f"sweep over {key}" + (f", one line per {second}" if second else "")
                  + (f" (other keys at the best point: {fixed})" if fixed else "") + "; mean ± std over seeds", fontsize=9)
     return _save(fig, path)
@@ -252,15 +258,15 @@ def patriarch_heatmaps(extras: dict, split: str, path: Path, max_classes: int = 
     return path
 
 
-def equal_cost_plot(points: list[dict[str, object]], split: str, path: Path) -> Path:
+def equal_cost_plot(points: "list[CostPoint]", split: str, path: Path) -> Path:
     """Top-1 against the training epochs each model (or ensemble) cost, every arm: equal cost, equal x."""
     series = []
-    for arm in sorted({str(p["arm"]) for p in points}, key=arm_sort_key):
+    for arm in sorted({p.cell.arm for p in points}, key=arm_sort_key):
         for kind in ("single", "ensemble"):
-            chosen = sorted((p for p in points if p["arm"] == arm and p["kind"] == kind and p["split"] == split),
-                            key=lambda p: float(p["cost"]))  # type: ignore[arg-type]
-            series.append((arm, kind, [p["cost"] for p in chosen], [p["top1_mean"] for p in chosen],
-                           [p["top1_std"] for p in chosen]))
+            chosen = sorted((p for p in points if (p.cell.arm, p.cell.kind, p.cell.split) == (arm, kind, split)),
+                            key=lambda p: p.cost)
+            series.append((arm, kind, [p.cost for p in chosen], [p.cell.means["top1"] for p in chosen],
+                           [p.cell.stds["top1"] for p in chosen]))
     return _arm_lines(series, path, xlabel="training epochs spent (all models the result needed)",
                       ylabel="top-1 accuracy (%)", title=f"Equal cost: top-1 on the {split} split against training epochs",
                       log_x=True)
@@ -325,11 +331,11 @@ def calibration_plots(extras: dict, split: str, folder: Path) -> list[Path]:
     return paths
 
 
-def runs_plot(runs: list[tuple[str, list[dict[str, object]]]], split: str, path: Path) -> Path:
+def runs_plot(runs: "list[tuple[str, list[Cell]]]", split: str, path: Path) -> Path:
     """Top-1 against generation, one panel per run (shared y axis), arms in their colours."""
     fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.8), dpi=110, squeeze=False, sharey=True)
-    for ax, (name, summary) in zip(axes[0], runs):
-        _draw_arm_series(ax, _summary_series(summary, split, "top1"))
+    for ax, (name, cells) in zip(axes[0], runs):
+        _draw_arm_series(ax, _summary_series(cells, split, "top1"))
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("generation")
         ax.xaxis.get_major_locator().set_params(integer=True)

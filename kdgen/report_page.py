@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Union
 
 from kdgen.checkpoint import write_json
-from kdgen.report import (best_unit, diff_table, gains_table, load_extras, load_rows, markdown_table, secondary_table,
-                          summarize, summary_table, trend_table)
-from kdgen.run_folder import Row
+from kdgen.formatting import markdown_table
+from kdgen.report import diff_table, gains_table, secondary_table, summary_table, trend_table
+from kdgen.results import Results, format_cell
 
 # ("h2", text) | ("p", text) | ("ul", [items]) | ("table", caption, header, body) | ("img", path)
 Block = Union[tuple[str, str], tuple[str, list[str]], tuple[str, str, list[str], list[list[str]]], tuple[str, Path]]
@@ -96,12 +96,12 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
     path.write_text(to_html(title, blocks), encoding="utf-8")
 
 
-def verdict_blocks(rows: list[Row], best: dict[str, object] | None, run_name: str) -> list[Block]:
+def verdict_blocks(results: Results, best: dict[str, object] | None, run_name: str) -> list[Block]:
     """The answer to the run's question, computed from the test rows, and the model to keep."""
     from kdgen.verdict import findings, headline
 
-    found = findings(rows, "test")
-    seeds = sorted({int(r["seed"]) for r in rows})  # type: ignore[arg-type]
+    found = findings(results, "test")
+    seeds = results.seeds
     blocks: list[Block] = [("h2", "Verdict"), ("p", f"**{headline(found)}**")]
     items = [f.sentence() for f in found]
     if best is not None:
@@ -109,7 +109,7 @@ def verdict_blocks(rows: list[Row], best: dict[str, object] | None, run_name: st
         items.append(f"Model to keep, chosen on the val split only: **{best['arm']} generation {best['generation']}, "
                      f"seed {best['seed']}** (val top-1 {float(best['val_top1']):.2f} %, file {best['checkpoint']}); "
                      f"use it with `kdgen predict {run_name} IMAGES --which {which}` or `kdgen.load(run_dir)`.")
-    ceiling = ceiling_note(rows, found)
+    ceiling = ceiling_note(results, found)
     if ceiling:
         items.append(ceiling)
     blocks.append(("ul", items))
@@ -119,12 +119,12 @@ def verdict_blocks(rows: list[Row], best: dict[str, object] | None, run_name: st
     return blocks
 
 
-def ceiling_note(rows: list[Row], found: list) -> str | None:
+def ceiling_note(results: Results, found: list) -> str | None:
     """Why a run can show nothing: its models are near the data set's ceiling, so the few test errors left
     cannot carry differences of the size generations make. None when that is not the case."""
     import math
 
-    singles = [float(r["top1"]) for r in rows if r["split"] == "test" and r["kind"] == "single"]  # type: ignore[arg-type]
+    singles = [float(r["top1"]) for r in results.rows if r["split"] == "test" and r["kind"] == "single"]  # type: ignore[arg-type]
     if not singles:
         return None
     error = 100.0 - sum(singles) / len(singles)
@@ -147,39 +147,40 @@ NOTES = ["Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bi
          "train top-1/NLL are on a fixed unaugmented sample of the training split: near 100 % means the model converged."]
 
 
-def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: float | None = None) -> Path:
-    """Write ``report.md``, self-contained ``report.html``, ``summary.json``, ``best.json`` and ``plots/*.png``."""
+def build_report(run_dir: Path, results: Results | None = None, wall_time_s: float | None = None) -> Path:
+    """Write ``report.md``, self-contained ``report.html``, ``summary.json``, ``best.json`` and ``plots/*.png``
+    (``results``: the run's, when the caller has them already; else read from ``run_dir``)."""
     from kdgen.equal_cost import equal_cost_points, equal_cost_table, run_config
     from kdgen.plots import accuracy_confidence_plot, calibration_plots, equal_cost_plot, metric_plot, patriarch_heatmaps
 
     run_dir = Path(run_dir)
-    rows = load_rows(run_dir) if rows is None else rows
-    summary = summarize(rows)
+    results = Results.load(run_dir) if results is None else results
+    cells = results.cells
     plots_dir = run_dir / "plots"
-    best = best_unit(rows)
+    best = results.best_unit()
     if best is not None:
         write_json(run_dir / "best.json", best)
-    blocks = verdict_blocks(rows, best, str(run_dir))
+    blocks = verdict_blocks(results, best, str(run_dir))
     lead = len(blocks)
-    has = {split: any(e["split"] == split for e in summary) for split in ("test", "val")}
+    has = {split: split in results.splits for split in ("test", "val")}
     if has["test"]:
-        blocks.append(("img", metric_plot(summary, "test", "top1", plots_dir / "top1_test.png", "top-1 accuracy (%)")))
-    extras = load_extras(run_dir)
+        blocks.append(("img", metric_plot(cells, "test", "top1", plots_dir / "top1_test.png", "top-1 accuracy (%)")))
+    extras = results.extras
     cfg = run_config(run_dir)
-    cost_points = equal_cost_points(summary, cfg) if cfg is not None else []
-    compare_cost = len({p["cost"] for p in cost_points}) > 1  # one cost for everything: nothing to compare
+    cost_points = equal_cost_points(cells, cfg) if cfg is not None else []
+    compare_cost = len({p.cost for p in cost_points}) > 1  # one cost for everything: nothing to compare
     for split, heading in (("test", "Test split: final numbers"),
                            ("val", "Val split: what the choices were made on (best model, sweeps)")):
         if not has[split]:
             continue
         blocks.append(("h2", heading))
-        for caption, (header, body) in (("Mean ± std over seeds", summary_table(summary, split)),
+        for caption, (header, body) in (("Mean ± std over seeds", summary_table(results, split)),
                                         ("Do generations pay? Each generation against its patriarch",
-                                         gains_table(rows, split)),
-                                        ("Paired differences between arms", diff_table(rows, split)),
+                                         gains_table(results, split)),
+                                        ("Paired differences between arms", diff_table(results, split)),
                                         ("Trend from generation 2 on: does an arm keep improving or saturate? "
-                                         "Slopes fitted per seed", trend_table(rows, split)),
-                                        ("Secondary information and convergence", secondary_table(summary, split))):
+                                         "Slopes fitted per seed", trend_table(results, split)),
+                                        ("Secondary information and convergence", secondary_table(results, split))):
             if body:
                 blocks.append(("table", f"{caption}, {split} split", header, body))
         if compare_cost:
@@ -193,9 +194,9 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
     figures = []
     for split in ("test", "val"):
         if has[split]:
-            figures.append(accuracy_confidence_plot(summary, split, plots_dir / f"top1_confidence_{split}.png"))
+            figures.append(accuracy_confidence_plot(cells, split, plots_dir / f"top1_confidence_{split}.png"))
     if has["test"]:
-        figures.append(metric_plot(summary, "test", "ece", plots_dir / "ece_test.png", "ECE"))
+        figures.append(metric_plot(cells, "test", "ece", plots_dir / "ece_test.png", "ECE"))
         figures += calibration_plots(extras, "test", plots_dir)
     heatmap = patriarch_heatmaps(extras, "test", plots_dir / "patriarch_soft_confusion_test.png")
     if heatmap is not None:
@@ -204,7 +205,7 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
         figures += [equal_cost_plot(cost_points, split, plots_dir / f"equal_cost_{split}.png")
                     for split in ("test", "val") if has[split]]
     if has["val"]:
-        figures.append(metric_plot(summary, "val", "top1", plots_dir / "top1_val.png", "top-1 accuracy (%)"))
+        figures.append(metric_plot(cells, "val", "top1", plots_dir / "top1_val.png", "top-1 accuracy (%)"))
     blocks += [("img", figure) for figure in figures]
     if wall_time_s is None and (run_dir / "timing.json").is_file():  # a rebuild keeps the run's wall time
         from kdgen.checkpoint import read_json
@@ -213,7 +214,7 @@ def build_report(run_dir: Path, rows: list[Row] | None = None, wall_time_s: floa
     notes = NOTES + ([f"Wall time: {wall_time_s:.1f} s."] if wall_time_s is not None else [])
     blocks += [("h2", "How to read this")] + [("p", note) for note in notes]
     (run_dir / "report.md").write_text(to_markdown("kdgen report", blocks), encoding="utf-8")
-    write_json(run_dir / "summary.json", {"summary": summary})
+    write_json(run_dir / "summary.json", {"summary": [c.to_json() for c in cells]})
     (run_dir / "report.html").write_text(to_html("kdgen report", blocks, verdict_blocks=lead), encoding="utf-8")
     return run_dir / "report.md"
 
@@ -227,36 +228,36 @@ def _run_names(run_dirs: list[Path]) -> list[str]:
 def build_comparison(run_dirs: list[Path], out: Path) -> Path:
     """One page comparing several run folders (two data sets, before/after a change): each run's verdict,
     a table of test top-1 per arm, and their accuracy-per-generation plots side by side."""
-    from kdgen.arms import sort_key as arm_sort_key
     from kdgen.equal_cost import run_config
     from kdgen.plots import runs_plot
-    from kdgen.report import format_cell
     from kdgen.verdict import findings, headline
 
     names = _run_names(run_dirs)
-    all_rows = [load_rows(d) for d in run_dirs]
+    runs = [Results.load(d) for d in run_dirs]
     blocks: list[Block] = [("h2", "Verdict per run")]
-    for name, run_dir, rows in zip(names, run_dirs, all_rows):
+    for name, run_dir, results in zip(names, run_dirs, runs):
         cfg = run_config(run_dir)
         what = f"{cfg.data.name}, {cfg.model.name}, " if cfg is not None else ""
-        seeds = len({r["seed"] for r in rows})
-        found = findings(rows, "test")
+        seeds = len(results.seeds)
+        found = findings(results, "test")
         blocks += [("p", f"**{name}** ({what}{seeds} seeds): {headline(found)}"), ("ul", [f.sentence() for f in found])]
     lead = len(blocks)
     blocks.append(("p", "Test split: final numbers, never used for any choice; differences paired by seed within a run."))
-    summaries = [summarize(rows) for rows in all_rows]
     header = ["run", "arm", "patriarch", "last generation", "ensemble (last)"]
     body = []
-    for name, summary in zip(names, summaries):
-        test = {(e["kind"], e["arm"], e["generation"]): e for e in summary if e["split"] == "test"}
-        for arm in sorted({str(a) for _, a, _ in test}, key=arm_sort_key):
-            last = max(g for k, a, g in test if a == arm)
-            body.append([name, str(arm), format_cell(test.get(("single", arm, 0)), "top1"),
-                         f"{format_cell(test.get(('single', arm, last)), 'top1')} (gen {last})",
-                         format_cell(test.get(("ensemble", arm, last)), "top1")])
+    for name, results in zip(names, runs):
+        test = results.cells_in("test")
+        for arm in results.arms:
+            last = max((c.generation for c in test if c.arm == arm), default=None)
+            if last is None:
+                continue
+            body.append([name, arm, format_cell(results.cell("test", arm, 0), "top1"),
+                         f"{format_cell(results.cell('test', arm, last), 'top1')} (gen {last})",
+                         format_cell(results.cell("test", arm, last, "ensemble"), "top1")])
     blocks.append(("table", "Test top-1 (%), mean ± std over seeds", header, body))
     out.mkdir(parents=True, exist_ok=True)
-    blocks.append(("img", runs_plot(list(zip(names, summaries)), "test", out / "plots" / "top1_test_runs.png")))
+    blocks.append(("img", runs_plot([(name, results.cells) for name, results in zip(names, runs)], "test",
+                                    out / "plots" / "top1_test_runs.png")))
     title = f"kdgen comparison of {len(run_dirs)} runs"
     (out / "report.md").write_text(to_markdown(title, blocks), encoding="utf-8")
     (out / "report.html").write_text(to_html(title, blocks, verdict_blocks=lead), encoding="utf-8")

@@ -24,6 +24,7 @@ from kdgen.generations import GenerationsRunner, units
 from kdgen.parallel import ParallelMode, PeerLost, is_peer_lost, peer_failure_summary
 from kdgen.report import console_summary
 from kdgen.report_page import build_report
+from kdgen.results import Results
 from kdgen.run_folder import (Row, RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
                               saved_config, write_config)
 from kdgen.runtime import Runtime
@@ -198,9 +199,9 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
         folder.write_results(complete=True)
         write_json(folder.timing_path(), {"wall_time_s": wall, "resumed": resume, "processes": parallel.world_size,
                                           "parallel": parallel.name})
-        build_report(folder.out_dir, rows, wall_time_s=wall)
+        build_report(folder.out_dir, wall_time_s=wall)  # from the results.json just written (rows and extras)
     if echo and leader:
-        print(console_summary(rows))
+        print(console_summary(Results(rows)))
         print(f"\nwall time {wall:.1f} s" + (f"; report: {out / 'report.md'}" if out is not None else ""))
     return out, rows
 

@@ -307,6 +307,7 @@ def transfer_blocks(run_dir: Path) -> list[tuple]:
     """The report section: per probe data set, test top-1 and NLL per arm and generation, and the arms
     compared per generation, paired by seed (tolerant − strict, strict − baseline)."""
     from kdgen.report import diff_table
+    from kdgen.results import Results
 
     probes = load_transfer(run_dir)
     if not probes:
@@ -318,7 +319,7 @@ def transfer_blocks(run_dir: Path) -> list[tuple]:
                                  "`kdgen transfer RUN --data NAME` adds a probe.")]
     for probe, rows in probes.items():
         blocks.append(("table", f"Probe on {probe}: test split, mean ± std over seeds", *_probe_table(rows)))
-        header, diffs = diff_table(rows, "test")
+        header, diffs = diff_table(Results(rows), "test")
         if diffs:
             blocks.append(("table", f"Probe on {probe}: arms compared, paired by seed (test split)", header, diffs))
     return blocks
@@ -326,16 +327,15 @@ def transfer_blocks(run_dir: Path) -> list[tuple]:
 
 def transfer_text(path: Path) -> str:
     """The console summary of one transfer file: probe test top-1 per arm and generation."""
-    from kdgen.report import text_table
+    from kdgen.formatting import text_table
 
     return text_table(*_probe_table(read_json(path)["rows"]))
 
 
 def _probe_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Probe test top-1 and NLL per arm and generation, mean ± std over seeds."""
-    from kdgen.report import format_cell, summarize
+    from kdgen.results import Results
 
-    cells = [e for e in summarize(rows) if e["split"] == "test"]
+    cells = Results(rows).cells_in("test")
     return (["arm", "gen", "n", "probe top1 (test)", "probe NLL (test)"],
-            [[str(e["arm"]), str(e["generation"]), str(e["n"]), format_cell(e, "top1"), format_cell(e, "nll", 3)]
-             for e in cells])
+            [[c.arm, str(c.generation), str(c.n), c.format("top1"), c.format("nll")] for c in cells])

@@ -1,5 +1,5 @@
-"""The answer first: what a run's test numbers say about tolerant against strict generations, in words
-that claim no more than the seeds allow.
+"""The answer first: what a run's test numbers say about its arms (tolerant against strict generations,
+where both ran), in words that claim no more than the seeds allow.
 
 Each statement is a paired comparison at the last generation (seeds paired), with the mean
 difference, a 95 % confidence interval from the t distribution and a two-sided paired t-test. A
@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
-from kdgen.run_folder import Row
+from kdgen import arms as arm_registry
 from kdgen.formatting import p_value, signed
-
-ALPHA = 0.05
+from kdgen.results import Comparison, Results
+from kdgen.statistics import ALPHA, paired
 
 
 @dataclass(frozen=True)
@@ -55,35 +54,37 @@ class Finding:
 
 def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, other: str, kind: str,
             generation: int) -> Finding | None:
-    """``a − b`` paired over the seeds both have (the report's :func:`~kdgen.report.paired_stats`, so p is
-    n/a below two seeds or when every difference is the same), with its 95 % interval; None without a
-    common seed."""
-    from kdgen.report import detectable_effect, paired_stats, t_half_width
-
-    paired = paired_stats(values_a, values_b)
-    if paired is None:
+    """``a − b`` paired over the seeds both have (:func:`kdgen.statistics.paired`, so p is n/a below two
+    seeds or when every difference is the same), with its 95 % interval; None without a common seed."""
+    found = paired(values_a, values_b)
+    if found is None:
         return None
-    n, mean = int(paired["n"]), float(paired["mean"])
-    if n < 2:
-        return Finding(arm, other, kind, generation, n, mean, math.nan, math.nan, math.nan)
-    half = t_half_width(float(paired["std"]), n, ALPHA)
-    return Finding(arm, other, kind, generation, n, mean, mean - half, mean + half, float(paired["p"]),
-                   detectable_effect(float(paired["std"]), n))
+    if found.n < 2:
+        return Finding(arm, other, kind, generation, found.n, found.mean, math.nan, math.nan, math.nan)
+    half = found.half_width
+    return Finding(arm, other, kind, generation, found.n, found.mean, found.mean - half, found.mean + half, found.p,
+                   found.detectable)
 
 
-def findings(rows: list[Row], split: str = "test") -> list[Finding]:
-    """Tolerant − strict (single models and ensembles), then every arm's ensemble − the baseline's,
-    then any other comparison an arm asks for, each at the last generation both arms have."""
-    from kdgen.report import comparisons, values_by_cell
+def verdict_comparisons(results: Results) -> list[Comparison]:
+    """What the verdict states, from the arms recorded in the run: each arm against its first rival (the first
+    of its ``compare_with``) as single models and as ensembles, and against its other rivals as ensembles;
+    the arm whose comparison is the run's question (``Arm.headline``) first, then the rest in report order."""
+    recorded = [a for a in results.arms if a in arm_registry.names()]
+    ordered = sorted(recorded, key=lambda a: (not arm_registry.get(a).headline, arm_registry.sort_key(a)))
+    wanted = []
+    for arm in ordered:
+        rivals = [other for other in arm_registry.get(arm).compare_with if other in results.arms]
+        for index, other in enumerate(rivals):
+            wanted += [(arm, other, "single"), (arm, other, "ensemble")] if index == 0 else [(arm, other, "ensemble")]
+    return wanted
 
-    values = values_by_cell(rows, split)
-    arms = {str(r["arm"]) for r in rows}
-    wanted = [("tolerant", "strict", "single"), ("tolerant", "strict", "ensemble")]
-    wanted += [(arm, "baseline", "ensemble") for arm in sorted(arms - {"baseline"})]
-    if not any(a in arms and b in arms for a, b, _ in wanted):  # other arms: what they ask to be compared with
-        wanted = list(comparisons(arms))
+
+def findings(results: Results, split: str = "test") -> list[Finding]:
+    """Every :func:`verdict_comparisons` entry at the last generation both arms have, on ``split`` top-1."""
+    values = results.values(split)
     result = []
-    for arm, other, kind in wanted:
+    for arm, other, kind in verdict_comparisons(results):
         common = {g for (a, g, k) in values if a == arm and k == kind} & \
                  {g for (a, g, k) in values if a == other and k == kind}
         if not common:
@@ -96,8 +97,8 @@ def findings(rows: list[Row], split: str = "test") -> list[Finding]:
 
 
 def headline(found: list[Finding]) -> str:
-    """One sentence: did tolerant generations beat strict ones (or, without both, the first comparison)?"""
-    main = next((f for f in found if (f.arm, f.other) == ("tolerant", "strict")), found[0] if found else None)
+    """One sentence on the first finding (the run's question: tolerant against strict where both ran)."""
+    main = found[0] if found else None
     if main is None:
         return "No comparison yet: the run has no two arms with results on the same seeds."
     if main.n < 2:

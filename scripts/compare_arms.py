@@ -19,8 +19,9 @@ import argparse
 import math
 from pathlib import Path
 
-from kdgen.formatting import p_value
-from kdgen.report import detectable_effect, format_cell, load_rows, paired_stats, summarize, values_by_cell
+from kdgen.formatting import difference, p_value
+from kdgen.results import Results
+from kdgen.statistics import paired
 
 
 def line_rows(spec: str) -> tuple[str, list[dict]]:
@@ -28,7 +29,7 @@ def line_rows(spec: str) -> tuple[str, list[dict]]:
     run, _, arm = where.rpartition("/")
     if not label or not run or not arm:
         raise SystemExit(f"{spec!r}: expected LABEL=RUN/ARM")
-    rows = [dict(r, arm=label) for r in load_rows(Path(run)) if r["arm"] == arm]
+    rows = [dict(r, arm=label) for r in Results.load(Path(run)).rows if r["arm"] == arm]
     if not rows:
         raise SystemExit(f"{spec!r}: arm {arm!r} has no rows in {run}")
     return label, rows
@@ -44,23 +45,22 @@ def main() -> None:
     labels = [spec.partition("=")[0] for spec in args.lines]
     if args.reference not in labels:
         raise SystemExit(f"--reference {args.reference!r} is not one of {labels}")
-    summary = {(e["arm"], e["generation"]): e for e in summarize(rows)
-               if e["split"] == args.split and e["kind"] == "single"}
-    top1 = values_by_cell(rows, args.split)
+    results = Results(rows)
+    summary = {(c.arm, c.generation): c for c in results.cells_in(args.split, "single")}
+    top1 = results.values(args.split)
     print(f"| line | gen | n | top-1 ({args.split}) | confidence | − {args.reference} | p | detectable (80 %) |")
     print("|---|---|---|---|---|---|---|---|")
     for label in labels:
         for generation in sorted(g for (a, g) in summary if a == label):
             entry = summary[(label, generation)]
-            diff = None if label == args.reference else paired_stats(
+            diff = None if label == args.reference else paired(
                 top1[(label, generation, "single")], top1.get((args.reference, generation, "single"), {}))
             text = ["–", "–", "–"]
             if diff is not None:
-                detectable = detectable_effect(diff["std"], int(diff["n"]))
-                text = [f"{diff['mean']:+.2f} ± {diff['std']:.2f}", p_value(diff["p"]),
-                        "–" if math.isnan(detectable) else f"±{detectable:.2f}"]
-            print(f"| {label} | {generation} | {entry['n']} | {format_cell(entry, 'top1')} | "
-                  f"{format_cell(entry, 'conf', 3)} | " + " | ".join(text) + " |")
+                text = [difference(diff.mean, diff.std), p_value(diff.p),
+                        "–" if math.isnan(diff.detectable) else f"±{diff.detectable:.2f}"]
+            print(f"| {label} | {generation} | {entry.n} | {entry.format('top1')} | "
+                  f"{entry.format('conf')} | " + " | ".join(text) + " |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from kdgen.report import load_rows
+from kdgen.results import Results
 
 Cell = tuple[str, str, int]
 
@@ -26,7 +26,7 @@ Cell = tuple[str, str, int]
 def cells(run_dir: Path, split: str, metric: str) -> dict[Cell, dict[int, float]]:
     """``{(arm, kind, generation): {seed: value}}`` for one split and metric."""
     table: dict[Cell, dict[int, float]] = defaultdict(dict)
-    for row in load_rows(run_dir):
+    for row in Results.load(run_dir).rows:
         if row["split"] == split:
             table[(str(row["arm"]), str(row["kind"]), int(row["generation"]))][int(row["seed"])] = float(row[metric])
     return table

@@ -17,24 +17,26 @@ from pathlib import Path
 
 from kdgen.equal_cost import equal_cost_points, run_config
 from kdgen.arms import sort_key as arm_sort_key
-from kdgen.report import load_rows, markdown_table, paired_stats, summarize, text_table, values_by_cell
+from kdgen.formatting import difference, markdown_table, p_value, text_table
+from kdgen.results import Results
+from kdgen.statistics import paired
 
 
 def pairs(run_dir: Path, metric: str) -> tuple[list[str], list[list[str]]]:
-    rows = load_rows(run_dir)
+    results = Results.load(run_dir)
     cfg = run_config(run_dir)
     if cfg is None:
         raise SystemExit(f"{run_dir}: no readable config.yaml")
-    points = equal_cost_points(summarize(rows), cfg)
+    points = equal_cost_points(results.cells, cfg)
     by_cost: dict[float, list[tuple[str, int, str]]] = defaultdict(list)
     for p in points:  # one cell per (arm, kind) and cost: see equal_cost_points
-        if p["split"] == "val":
-            by_cost[float(p["cost"])].append((str(p["arm"]), int(p["generation"]), str(p["kind"])))  # type: ignore[arg-type]
+        if p.cell.split == "val":
+            by_cost[p.cost].append((p.cell.arm, p.cell.generation, p.cell.kind))
     for cells in by_cost.values():
         cells.sort(key=lambda c: arm_sort_key(c[0]), reverse=True)  # derived arm first: A − B reads "new − reference"
     header = ["epochs", "A", "B", "n", f"val Δ {metric} (A − B)", "p", f"test Δ {metric} (A − B)", "p "]
     body = []
-    values = {split: values_by_cell(rows, split, metric) for split in ("val", "test")}
+    values = {split: results.values(split, metric) for split in ("val", "test")}
     for cost in sorted(by_cost):
         cells = by_cost[cost]
         for i, a in enumerate(cells):
@@ -43,15 +45,13 @@ def pairs(run_dir: Path, metric: str) -> tuple[list[str], list[list[str]]]:
                     continue
                 line = [f"{cost:g}", f"{a[0]} g{a[1]} {a[2]}", f"{b[0]} g{b[1]} {b[2]}"]
                 for split in ("val", "test"):
-                    d = paired_stats(values[split].get(a, {}), values[split].get(b, {}))
+                    d = paired(values[split].get(a, {}), values[split].get(b, {}))
                     if d is None:
                         line += (["0"] if split == "val" else []) + ["–", "–"]
                         continue
                     if split == "val":
-                        line.append(str(d["n"]))
-                    p = "n/a" if d["p"] != d["p"] else ("<0.001" if d["p"] < 0.001 else f"{d['p']:.3f}")
-                    digits = 2 if metric.startswith("top") else 3
-                    line += [f"{d['mean']:+.{digits}f} ± {d['std']:.{digits}f}", p]
+                        line.append(str(d.n))
+                    line += [difference(d.mean, d.std, 2 if metric.startswith("top") else 3), p_value(d.p)]
                 body.append(line)
     return header, body
 

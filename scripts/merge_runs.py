@@ -76,7 +76,7 @@ def merge(out: Path, runs: list[Path]) -> Path:
     write_json(out / "results.json", {"rows": rows, "done": done, "complete": True, "extras": extras})
     write_json(out / "timing.json", {"wall_time_s": wall, "merged_from": [str(r) for r in runs],
                                      "note": "sum of the merged runs' wall times (they may have run side by side)"})
-    return build_report(out, rows, wall_time_s=wall)
+    return build_report(out, wall_time_s=wall)
 
 
 def main() -> int:

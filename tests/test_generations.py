@@ -8,7 +8,7 @@ from kdgen import arms
 from kdgen.losses import top_score_difference
 from kdgen.generations import GenerationsRunner, Unit, units
 from kdgen.models import build
-from kdgen.report import best_unit
+from kdgen.results import Results
 from kdgen.train import freeze_teacher, train_generation
 
 from conftest import tiny_config
@@ -158,7 +158,7 @@ def test_best_checkpoint_is_chosen_on_val_not_test():
 
     rows = [row("strict", 1, 0, "val", 90.0), row("strict", 1, 0, "test", 99.0),
             row("tolerant", 1, 0, "val", 95.0), row("tolerant", 1, 0, "test", 50.0)]
-    assert best_unit(rows)["arm"] == "tolerant"
+    assert Results(rows).best_unit()["arm"] == "tolerant"
 
 
 def test_freeze_teacher():

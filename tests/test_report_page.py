@@ -11,6 +11,7 @@ import torch
 
 from kdgen.cli import main
 from kdgen.metrics import calibration_bins
+from kdgen.results import Results
 from kdgen.verdict import finding, findings, headline
 
 TINY = ["data.name=synthetic", "data.num_train=128", "data.num_test=24", "data.image_size=8", "data.channels=1",
@@ -44,13 +45,26 @@ def test_a_clear_difference_is_called_better_or_worse_and_one_seed_is_not_tested
     assert math.isnan(same.p) and "no significant difference" in same.sentence()
 
 
-def test_findings_pair_the_last_generation_and_every_ensemble_against_the_baselines():
-    rows = [{"arm": arm, "generation": g, "kind": kind, "seed": s, "split": "test", "top1": float(s + g)}
-            for arm in ("baseline", "strict", "tolerant") for g in (0, 1, 2) for s in (0, 1, 2)
-            for kind in (("single", "ensemble") if g == 2 else ("single",))]
-    labels = [(f.arm, f.other, f.kind, f.generation) for f in findings(rows)]
-    assert labels == [("tolerant", "strict", "single", 2), ("tolerant", "strict", "ensemble", 2),
-                      ("strict", "baseline", "ensemble", 2), ("tolerant", "baseline", "ensemble", 2)]
+def _rows(arms, generations=(0, 1, 2)):
+    return [{"arm": arm, "generation": g, "kind": kind, "seed": s, "split": "test", "top1": float(s + g)}
+            for arm in arms for g in generations for s in (0, 1, 2)
+            for kind in (("single", "ensemble") if g == generations[-1] else ("single",))]
+
+
+def test_findings_come_from_the_recorded_arms_main_rival_first():
+    def labels(arms):
+        return [(f.arm, f.other, f.kind, f.generation) for f in findings(Results(_rows(arms)))]
+
+    # the headline arm (tolerant) first: against its main rival as single models and ensembles, against its
+    # other rival as ensembles; then every other recorded arm the same way, in report order
+    assert labels(("baseline", "strict", "tolerant")) == [
+        ("tolerant", "strict", "single", 2), ("tolerant", "strict", "ensemble", 2), ("tolerant", "baseline", "ensemble", 2),
+        ("strict", "baseline", "single", 2), ("strict", "baseline", "ensemble", 2)]
+    # no name is written into the verdict: without tolerant, the first comparison is the headline
+    found = findings(Results(_rows(("strict", "snapshot"))))
+    assert [(f.arm, f.other, f.kind) for f in found] == [("snapshot", "strict", "single"), ("snapshot", "strict", "ensemble")]
+    assert "snapshot and strict" in headline(found)
+    assert labels(("baseline",)) == [] and headline([]).startswith("No comparison yet")
 
 
 def test_calibration_bins_golden_values():
@@ -145,7 +159,7 @@ def test_report_of_several_runs_is_one_comparison_page(run, tmp_path, capsys):
 
 
 def test_detectable_effect_is_the_paired_t_tests_80_percent_power_point():
-    from kdgen.report import detectable_effect
+    from kdgen.statistics import detectable_effect
 
     # (t_0.975,9 + t_0.8,9) / sqrt(10) = (2.2622 + 0.8834) / 3.1623
     assert detectable_effect(1.0, 10) == pytest.approx(0.9947, abs=1e-3)
@@ -169,8 +183,8 @@ def test_a_run_near_its_ceiling_says_why_it_cannot_show_much():
                  "top1": level + 0.1 * ((s * 7 + g + len(arm)) % 5), "nll": 0.1, "ece": 0.01}
                 for arm in ("strict", "tolerant") for g in (0, 1, 2) for s in (0, 1, 2)]
 
-    near = rows(99.2)
+    near = Results(rows(99.2))
     note = ceiling_note(near, findings(near, "test"))
     assert note is not None and "ceiling" in note and "99." in note
-    far = rows(82.0)
+    far = Results(rows(82.0))
     assert ceiling_note(far, findings(far, "test")) is None

@@ -30,8 +30,11 @@ class Arm:
     description: ClassVar[str] = ""
     color: ClassVar[str] = "#555555"
     order: ClassVar[int] = 50  # position in tables and legends
-    # Arms this one is compared against, paired by seed at equal generation (``this − other``).
+    # Arms this one is compared against, paired by seed at equal generation (``this − other``); the first is its
+    # main rival, which the verdict compares as single models and as ensembles (the others as ensembles only).
     compare_with: ClassVar[tuple[str, ...]] = ()
+    # Whether this arm against its main rival is the question a run asks: the verdict's headline.
+    headline: ClassVar[bool] = False
     # Whether the config's ``tolerance`` section shapes this arm (it is then checked against the data).
     uses_tolerance: ClassVar[bool] = False
     # A config section of the arm's own: (section name, pydantic model), or None.

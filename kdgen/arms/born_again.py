@@ -48,4 +48,5 @@ class Tolerant(Strict):
     color = "#d62728"
     order = 2
     compare_with = ("strict", "baseline")
+    headline = True  # the paper's question: do tolerant patriarchs educate better students than strict ones?
     uses_tolerance = True
