@@ -94,6 +94,9 @@ class ParallelMode:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # Whether the processes train one model together, each on a share of every batch: only the model's
+    # gradients are then averaged across them (not those of a loss with parameters of its own).
+    splits_batches: ClassVar[bool] = False
 
     def __init__(self, place: Place = Place(), control: dist.ProcessGroup | None = None, *,
                  device: torch.device = torch.device("cpu"), sync_batchnorm: bool = True) -> None:
@@ -236,6 +239,7 @@ class Chains(_Shared):
 @register
 class DataParallel(_Shared):
     name = "data"
+    splits_batches = True
     description = "every model is trained by all processes (DistributedDataParallel), each on a share of every batch"
 
     @property

@@ -177,7 +177,7 @@ class Placement:
             torch.backends.cudnn.benchmark = True
         if runtime.compile:
             check_compile_supported(device)
-        if runtime.parallel.name == "data" and any(p.requires_grad for p in loss.parameters()):
+        if runtime.parallel.splits_batches and any(p.requires_grad for p in loss.parameters()):
             raise UserError("a loss with parameters of its own cannot run under runtime.parallel=data yet "
                             "(its gradients would not be averaged across processes); use runtime.parallel=chains")
         trained, self.end_parallel = runtime.parallel.prepare(model)
@@ -211,10 +211,17 @@ class Placement:
                     teacher_features, self.model, self.teacher, teachers_logits)
 
     def close(self) -> None:
+        """Remove the feature hooks and undo the parallel wrapping: the model leaves as it came."""
         for tap in (self.student_tap, self.teacher_tap):
             if tap is not None:
                 tap.remove()
         self.end_parallel()
+
+    def __enter__(self) -> "Placement":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # also on a stop or an error: no hook stays on a model the caller keeps
 
 
 class EpochTally:
@@ -274,51 +281,52 @@ def train_generation(
     """
     teachers = [] if teacher is None else [teacher] if isinstance(teacher, nn.Module) else list(teacher)
     check_teachers(model, teachers)
-    placement = Placement(model, teachers, objective, data, runtime)
-    generator = torch.Generator(device=runtime.device).manual_seed(seed)
-    batches = TrainBatches(data.train, data.augment, recipe.batch_size, runtime.device, generator, runtime.workers,
-                           share=runtime.parallel.batch_share)
-    steps = len(batches)
-    optimizer = make_optimizer(model, recipe, objective)
-    schedule = make_schedule(optimizer, recipe, steps)
-    result, start_epoch, skip_steps = TrainResult(), 0, 0
-    if resume_from is not None:
-        restore(resume_from, model, optimizer, schedule, generator, objective)
-        start_epoch, skip_steps = resume_from.epoch, resume_from.step
-        result.history = [EpochLog(**h) for h in resume_from.history]
+    with Placement(model, teachers, objective, data, runtime) as placement:
+        generator = torch.Generator(device=runtime.device).manual_seed(seed)
+        batches = TrainBatches(data.train, data.augment, recipe.batch_size, runtime.device, generator, runtime.workers,
+                               share=runtime.parallel.batch_share)
+        steps = len(batches)
+        optimizer = make_optimizer(model, recipe, objective)
+        schedule = make_schedule(optimizer, recipe, steps)
+        result, start_epoch, skip_steps = TrainResult(), 0, 0
+        if resume_from is not None:
+            restore(resume_from, model, optimizer, schedule, generator, objective)
+            start_epoch, skip_steps = resume_from.epoch, resume_from.step
+            result.history = [EpochLog(**h) for h in resume_from.history]
 
-    def state(epoch: int, generator_state: torch.Tensor, **mid_epoch: object) -> EpochState:
-        return capture(hooks.where, epoch, model, optimizer, schedule, generator_state, result.history,
-                       loss_module=objective, **mid_epoch)  # type: ignore[arg-type]
+        def state(epoch: int, generator_state: torch.Tensor, **mid_epoch: object) -> EpochState:
+            return capture(hooks.where, epoch, model, optimizer, schedule, generator_state, result.history,
+                           loss_module=objective, **mid_epoch)  # type: ignore[arg-type]
 
-    for epoch in range(start_epoch, recipe.epochs):
-        epoch_generator_state = generator.get_state().clone()
-        tally = EpochTally(runtime.device, resume_from if skip_steps else None)
-        lr = schedule.base_lrs[0] * schedule.lr_lambdas[0](epoch * steps)  # the LR this epoch starts at
-        for step, (images, targets) in enumerate(batches):
-            if step < skip_steps:
-                continue  # drawn (same RNG use as before the stop) but already trained on
-            if runtime.parallel.any_stop(hooks.stop is not None and hooks.stop.requested) and hooks.on_state is not None:
-                hooks.on_state(state(epoch, epoch_generator_state, step=step, loss_sums=tally.sums,
-                                     first_bad_step=int(tally.first_bad_step)))
-                raise TrainingInterrupted(f"{hooks.where}: stopped in epoch {epoch + 1} after step {step}")
-            terms = objective(placement.step(images, targets, Progress(epoch, epoch * steps + step, steps, recipe.epochs)))
-            loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            tally.add(terms, loss, step)
-            if hooks.on_step is not None:
-                hooks.on_step()
-        skip_steps = 0
-        log = EpochLog(epoch=epoch + 1, lr=lr, losses=tally.close(runtime, epoch, steps, hooks.where))
-        result.steps += steps
-        result.history.append(log)
-        if hooks.on_state is not None:
-            hooks.on_state(state(epoch + 1, generator.get_state()))
-        if hooks.on_epoch is not None:
-            hooks.on_epoch(log)
-    placement.close()
+        for epoch in range(start_epoch, recipe.epochs):
+            epoch_generator_state = generator.get_state().clone()
+            tally = EpochTally(runtime.device, resume_from if skip_steps else None)
+            lr = schedule.base_lrs[0] * schedule.lr_lambdas[0](epoch * steps)  # the LR this epoch starts at
+            for step, (images, targets) in enumerate(batches):
+                if step < skip_steps:
+                    continue  # drawn (same RNG use as before the stop) but already trained on
+                stop = runtime.parallel.any_stop(hooks.stop is not None and hooks.stop.requested)
+                if stop and hooks.on_state is not None:
+                    hooks.on_state(state(epoch, epoch_generator_state, step=step, loss_sums=tally.sums,
+                                         first_bad_step=int(tally.first_bad_step)))
+                    raise TrainingInterrupted(f"{hooks.where}: stopped in epoch {epoch + 1} after step {step}")
+                progress = Progress(epoch, epoch * steps + step, steps, recipe.epochs)
+                terms = objective(placement.step(images, targets, progress))
+                loss = sum(terms.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                tally.add(terms, loss, step)
+                if hooks.on_step is not None:
+                    hooks.on_step()
+            skip_steps = 0
+            log = EpochLog(epoch=epoch + 1, lr=lr, losses=tally.close(runtime, epoch, steps, hooks.where))
+            result.steps += steps
+            result.history.append(log)
+            if hooks.on_state is not None:
+                hooks.on_state(state(epoch + 1, generator.get_state()))
+            if hooks.on_epoch is not None:
+                hooks.on_epoch(log)
     model.eval()
     return result

@@ -75,8 +75,11 @@ def code_revisions(cfg: Config, arm: str, settings: dict[str, Any]) -> dict[str,
 
 def unit_key(cfg: Config, arm: str, seed: int, generation: int) -> str:
     """A short hash of :func:`unit_settings`: equal keys, equal units."""
-    text = json.dumps(unit_settings(cfg, arm, seed, generation), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _key(unit_settings(cfg, arm, seed, generation))
+
+
+def _key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -92,12 +95,13 @@ class UnitCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def _folder(self, cfg: Config, arm: str, seed: int, generation: int) -> Path:
-        return self.root / f"{arm}-seed{seed}-gen{generation}-{unit_key(cfg, arm, seed, generation)}"
+    def _folder(self, settings: dict[str, Any]) -> Path:
+        """The unit's folder, from its :func:`unit_settings`."""
+        return self.root / f"{settings['arm']}-seed{settings['seed']}-gen{settings['generation']}-{_key(settings)}"
 
     def get(self, cfg: Config, arm: str, seed: int, generation: int) -> CachedUnit | None:
         """The unit if an earlier run trained it with the same settings, else None."""
-        folder = self._folder(cfg, arm, seed, generation)
+        folder = self._folder(unit_settings(cfg, arm, seed, generation))
         record_path, checkpoint = folder / "record.json", folder / "model.safetensors"
         if not (record_path.is_file() and checkpoint.is_file()):
             return None
@@ -110,10 +114,10 @@ class UnitCache:
 
         The record is written last, so a unit interrupted half-way in is simply not in the cache.
         """
-        folder = self._folder(cfg, arm, seed, generation)
+        settings = unit_settings(cfg, arm, seed, generation)
+        folder = self._folder(settings)
         folder.mkdir(parents=True, exist_ok=True)
         link(checkpoint, folder / "model.safetensors")
-        settings = unit_settings(cfg, arm, seed, generation)
         code = {"kdgen": _package_version(), **code_revisions(cfg, arm, settings)}  # provenance, not in the key
         write_json(folder / "record.json", {"settings": settings, "code": code, "rows": rows, "extras": extras})
 

@@ -152,6 +152,20 @@ def test_a_method_with_parameters_and_features_trains_its_head_and_resumes_it(ti
     assert torch.equal(fresh.method.head.weight, states[0].loss_module["method.head.weight"])
 
 
+def test_a_loss_that_fails_mid_epoch_leaves_no_hook_on_the_models(tiny_cfg, tiny_data):
+    class FailsAtStep2(Hint):
+        def forward(self, step):
+            if step.progress.step == 2:
+                raise RuntimeError("boom")
+            return super().forward(step)
+
+    teacher, student = freeze_teacher(build("cnn-tiny", 4, 1)), build("cnn-tiny", 4, 1)
+    with pytest.raises(RuntimeError, match="boom"):
+        train_generation(student, tiny_data, tiny_cfg.train, GenerationObjective(method=FailsAtStep2()), seed=0,
+                         teacher=teacher)
+    assert all(not m._forward_hooks for m in student.modules()) and all(not m._forward_hooks for m in teacher.modules())
+
+
 def test_a_loss_asking_for_a_module_the_model_lacks_gets_one_line(tiny_cfg, tiny_data):
     class Missing(GenerationLoss):
         features = ("layer9",)
