@@ -16,10 +16,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from kdgen.data import load_bundle
-from kdgen.runtime import Runtime, resolve_device, resolve_precision
+from kdgen.training.runtime import Runtime, resolve_device, resolve_precision
 from kdgen.models import build
-from kdgen.objective import GenerationObjective
-from kdgen.train import freeze_teacher, train_generation
+from kdgen.training.objective import GenerationObjective
+from kdgen.training.loop import freeze_teacher, train_generation
 from throughput import matmul_peak, step_flops, synthetic_config  # benchmarks/ is on sys.path when run as a script
 
 

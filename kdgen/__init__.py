@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 from kdgen.api import bundle_from_tensors, summary_text, train_generations  # noqa: E402
 from kdgen.config import Config, load_config  # noqa: E402
 from kdgen.data.base import AugmentSpec, DataBundle  # noqa: E402
-from kdgen.inference import Classifier, load  # noqa: E402
+from kdgen.running.inference import Classifier, load  # noqa: E402
 
 __all__ = ["AugmentSpec", "Classifier", "Config", "DataBundle", "bundle_from_tensors", "load", "load_config",
            "summary_text", "train_generations", "__version__"]

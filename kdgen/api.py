@@ -20,9 +20,9 @@ from torch import nn
 from kdgen.config import Config
 from kdgen.data.base import AugmentSpec, SourceData, Split, make_bundle, DataBundle
 from kdgen.errors import DataError
-from kdgen.report import console_summary
-from kdgen.results import Results
-from kdgen.run_folder import Row
+from kdgen.reporting.tables import console_summary
+from kdgen.reporting.results import Results
+from kdgen.running.run_folder import Row
 
 
 def bundle_from_tensors(train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
@@ -56,7 +56,7 @@ def train_generations(model_factory: Callable[[], nn.Module], data: DataBundle, 
     config.yaml, checkpoints, results.json and the report are written there, and ``resume=True``
     continues an interrupted call (same data, factory and config). Returns the tidy rows of results.json.
     """
-    from kdgen.runner import ORIGIN_API, run_pipeline
+    from kdgen.running.runner import ORIGIN_API, run_pipeline
 
     out = Path(out_dir) if out_dir is not None else None
     _, rows = run_pipeline(cfg or Config(), data, model_factory, out, model_name="custom", data_name="your data",

@@ -16,7 +16,7 @@ from kdgen import __version__
 from kdgen.errors import UserError
 
 if TYPE_CHECKING:
-    from kdgen.train import StopFlag
+    from kdgen.training.loop import StopFlag
 
 EPILOG = """examples:
   kdgen run                                   # embedded default: digits, 3 arms, 3 seeds, 3 generations
@@ -134,14 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from kdgen.config import load_config
-    from kdgen.parallel import PeerLost
-    from kdgen.runner import run_experiment
+    from kdgen.training.parallel import PeerLost
+    from kdgen.running.runner import run_experiment
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
     if args.resume and args.out is not None and args.config is None:
         # Resuming without --config continues the saved config (plus any overrides, which must agree).
         from kdgen.config import apply_overrides, build_config
-        from kdgen.run_folder import saved_config
+        from kdgen.running.run_folder import saved_config
 
         cfg = build_config(apply_overrides(saved_config(args.out).to_dict(), overrides), "overrides")
     else:
@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cache = None
         if args.units is not None:
-            from kdgen.unit_cache import UnitCache
+            from kdgen.running.unit_cache import UnitCache
 
             cache = UnitCache(args.units)
         run_experiment(cfg, out, resume=args.resume, unit_cache=cache, stop=stop)
@@ -173,7 +173,7 @@ def _stop_on_signals() -> tuple["StopFlag", Callable[[], None]]:
     handlers set, and a function that puts the previous handlers back."""
     import signal
 
-    from kdgen.train import StopFlag
+    from kdgen.training.loop import StopFlag
 
     stop = StopFlag()
 
@@ -192,8 +192,8 @@ def _stop_on_signals() -> tuple["StopFlag", Callable[[], None]]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from kdgen.sweep import run_sweep
-    from kdgen.sweep_plan import make_plan
+    from kdgen.running.sweep import run_sweep
+    from kdgen.running.sweep_plan import make_plan
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise UserError("kdgen sweep runs in one process; under torchrun, use kdgen run (runtime.parallel=chains) "
@@ -212,14 +212,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from kdgen.report import console_summary
-    from kdgen.report_page import build_comparison, build_report
-    from kdgen.results import Results
+    from kdgen.reporting.tables import console_summary
+    from kdgen.reporting.page import build_comparison, build_report
+    from kdgen.reporting.results import Results
 
     if args.out is None and len(args.run_dirs) > 1:
         raise UserError("comparing several runs needs --out DIR, a new folder for the comparison page")
     if args.out is not None:
-        from kdgen.run_folder import check_new_out_dir
+        from kdgen.running.run_folder import check_new_out_dir
 
         check_new_out_dir(args.out)
         print(f"report: {build_comparison(args.run_dirs, args.out)}")  # reads every run before writing
@@ -232,7 +232,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from kdgen.inference import predict
+    from kdgen.running.inference import predict
 
     if args.out is not None and args.out.exists():
         raise UserError(f"--out {str(args.out)!r} exists; kdgen does not overwrite it (choose a new file)")
@@ -244,8 +244,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    from kdgen.report_page import build_report
-    from kdgen.transfer import run_transfer, transfer_config, transfer_text
+    from kdgen.reporting.page import build_report
+    from kdgen.reporting.probes import transfer_text
+    from kdgen.running.transfer import run_transfer, transfer_config
 
     cfg = transfer_config(args.data, args.root, args.overrides)
     path = run_transfer(args.run_dir, cfg, out=args.out, progress=lambda line: print(f"kdgen transfer: {line}", flush=True))
@@ -276,7 +277,7 @@ def _rank() -> int:
 def _print_error(exc: UserError) -> None:
     """One line on stderr. Under torchrun, a mistake every process meets (config, data, paths) is
     printed by rank 0 alone; one a process met while training says which rank it was."""
-    from kdgen.parallel import PeerFailed
+    from kdgen.training.parallel import PeerFailed
 
     rank = _rank()
     own = getattr(exc, "rank", None)

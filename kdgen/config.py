@@ -171,7 +171,7 @@ class RuntimeConfig(_Strict):
     # DataLoader workers for streamed image folders and streamed evaluation.
     workers: int = Field(4, ge=0, le=64)
     # Under torchrun: "chains" spreads whole (seed, arm) chains over the processes, "data" trains each
-    # model on all of them (DistributedDataParallel). See kdgen.parallel and README "Many processes".
+    # model on all of them (DistributedDataParallel). See kdgen.training.parallel and README "Many processes".
     parallel: str = "none"
     # data mode: BatchNorm statistics over the whole global batch (as one process computes them).
     sync_batchnorm: bool = True
@@ -179,7 +179,7 @@ class RuntimeConfig(_Strict):
     @field_validator("parallel")
     @classmethod
     def _known_mode(cls, value: str) -> str:
-        from kdgen import parallel
+        from kdgen.training import parallel
 
         if value not in parallel.names():
             raise ValueError(f"unknown mode {value!r}; choose from {', '.join(parallel.names())}")

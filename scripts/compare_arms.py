@@ -19,9 +19,9 @@ import argparse
 import math
 from pathlib import Path
 
-from kdgen.formatting import difference, p_value
-from kdgen.results import Results
-from kdgen.statistics import paired
+from kdgen.reporting.formatting import difference, p_value
+from kdgen.reporting.results import Results
+from kdgen.reporting.statistics import paired
 
 
 def line_rows(spec: str) -> tuple[str, list[dict]]:

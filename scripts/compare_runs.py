@@ -18,7 +18,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from kdgen.results import Results
+from kdgen.reporting.results import Results
 
 Cell = tuple[str, str, int]
 

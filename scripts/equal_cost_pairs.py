@@ -15,11 +15,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from kdgen.equal_cost import equal_cost_points, run_config
+from kdgen.reporting.equal_cost import equal_cost_points, run_config
 from kdgen.arms import sort_key as arm_sort_key
-from kdgen.formatting import difference, markdown_table, p_value, text_table
-from kdgen.results import Results
-from kdgen.statistics import paired
+from kdgen.reporting.formatting import difference, markdown_table, p_value, text_table
+from kdgen.reporting.results import Results
+from kdgen.reporting.statistics import paired
 
 
 def pairs(run_dir: Path, metric: str) -> tuple[list[str], list[list[str]]]:

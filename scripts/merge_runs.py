@@ -1,7 +1,7 @@
 """Merge finished run folders with different seeds or different arms into one run folder.
 
 A unit depends only on its own seed, arm and generation (its RNG stream) and on the settings its arm
-reads (:func:`kdgen.unit_cache.unit_key`), so seeds or arms run in separate processes or on separate
+reads (:func:`kdgen.running.unit_cache.unit_key`), so seeds or arms run in separate processes or on separate
 machines give exactly the units one run over all of them would. The merged config is the first
 run's, with every run's seeds and arms (and the config sections of the arms it brings, e.g.
 ``snapshot:``); the merge is refused unless every unit's key is the same under the merged config as
@@ -24,11 +24,11 @@ import yaml
 from kdgen import arms
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import UserError
-from kdgen.generations import units
-from kdgen.report_page import build_report
-from kdgen.run_folder import check_new_out_dir, saved_config
+from kdgen.running.generations import units
+from kdgen.reporting.page import build_report
+from kdgen.running.run_folder import check_new_out_dir, saved_config
 from kdgen.checkpoint import link
-from kdgen.unit_cache import unit_key
+from kdgen.running.unit_cache import unit_key
 
 
 def merged_config(runs: list[Path]):

@@ -22,10 +22,10 @@ from kdgen import arms
 from kdgen.checkpoint import read_json, write_json
 from kdgen.data import load_bundle
 from kdgen.errors import UserError
-from kdgen.generations import GenerationsRunner, Unit
+from kdgen.running.generations import GenerationsRunner, Unit
 from kdgen.models import build
-from kdgen.report_page import build_report
-from kdgen.run_folder import check_new_out_dir, saved_config, write_config
+from kdgen.reporting.page import build_report
+from kdgen.running.run_folder import check_new_out_dir, saved_config, write_config
 from kdgen.checkpoint import link
 
 

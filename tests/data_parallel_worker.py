@@ -9,15 +9,15 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from kdgen import parallel
-from kdgen.augment import Normalizer
+from kdgen.training import parallel
+from kdgen.training.augment import Normalizer
 from kdgen.config import TrainConfig
 from kdgen.data.base import AugmentSpec, DataBundle, Split
-from kdgen.metrics import predict_probs
+from kdgen.training.metrics import predict_probs
 from kdgen.models import build
-from kdgen.objective import GenerationObjective
-from kdgen.runtime import Runtime
-from kdgen.train import freeze_teacher, train_generation
+from kdgen.training.objective import GenerationObjective
+from kdgen.training.runtime import Runtime
+from kdgen.training.loop import freeze_teacher, train_generation
 
 
 def bundle() -> DataBundle:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kdgen.generations as generations_module
-import kdgen.objective as objective_module
+import kdgen.running.generations as generations_module
+import kdgen.training.objective as objective_module
 from kdgen import arms
 from kdgen.config import load_config
 from kdgen.data import load_bundle
 from kdgen.errors import ConfigError
-from kdgen.generations import GenerationsRunner
+from kdgen.running.generations import GenerationsRunner
 from kdgen.models import build
-from kdgen.runner import run_experiment
-from kdgen.train import StopFlag, TrainingInterrupted
+from kdgen.running.runner import run_experiment
+from kdgen.training.loop import StopFlag, TrainingInterrupted
 
 from conftest import tiny_config
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-import kdgen.train as train_module
+import kdgen.training.loop as train_module
 from kdgen.data import load_bundle
-from kdgen.fast import fold_batchnorm
+from kdgen.training.fast import fold_batchnorm
 from kdgen.models import build
-from kdgen.objective import GenerationObjective
-from kdgen.runtime import Runtime
-from kdgen.train import freeze_teacher, train_generation
+from kdgen.training.objective import GenerationObjective
+from kdgen.training.runtime import Runtime
+from kdgen.training.loop import freeze_teacher, train_generation
 
 from conftest import tiny_config
 
@@ -147,7 +147,7 @@ def test_compile_matches_eager_and_reuses_the_student_graph_across_generations()
 
 
 def test_evaluation_runs_folded_and_matches_the_model():
-    from kdgen.metrics import predict_probs
+    from kdgen.training.metrics import predict_probs
 
     cfg = tiny_config()
     data = load_bundle(cfg.data)
@@ -162,7 +162,7 @@ def test_evaluation_runs_folded_and_matches_the_model():
 
 
 def test_compile_without_a_cpp_compiler_is_a_one_line_user_error(monkeypatch):
-    import kdgen.fast as fast
+    import kdgen.training.fast as fast
     from kdgen.errors import UserError
 
     monkeypatch.setattr(fast.shutil, "which", lambda name: None)

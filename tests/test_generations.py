@@ -3,13 +3,13 @@
 import torch
 from torch import nn
 
-import kdgen.train as train_module
+import kdgen.training.loop as train_module
 from kdgen import arms
 from kdgen.losses import top_score_difference
-from kdgen.generations import GenerationsRunner, Unit, units
+from kdgen.running.generations import GenerationsRunner, Unit, units
 from kdgen.models import build
-from kdgen.results import Results
-from kdgen.train import freeze_teacher, train_generation
+from kdgen.reporting.results import Results
+from kdgen.training.loop import freeze_teacher, train_generation
 
 from conftest import tiny_config
 
@@ -61,7 +61,7 @@ def test_teacher_is_a_separate_frozen_object_in_inference_mode_on_the_same_batch
 
 
 def test_train_generation_refuses_unfrozen_or_identical_teacher(tiny_cfg, tiny_data):
-    from kdgen.objective import GenerationObjective
+    from kdgen.training.objective import GenerationObjective
     import pytest
 
     model = build("cnn-tiny", 4, 1)
@@ -91,7 +91,7 @@ def test_every_generation_gets_a_fresh_optimizer_and_schedule(tiny_cfg, tiny_dat
         first_lrs.append(result.history[0].lr)
         return result
 
-    import kdgen.generations as generations_module
+    import kdgen.running.generations as generations_module
 
     monkeypatch.setattr(generations_module, "train_generation", record_lr)
     cfg = tiny_config(train={"schedule": "cosine"})

@@ -16,9 +16,9 @@ from kdgen.errors import ConfigError
 from kdgen.methods import GenerationLoss, Step, StudentMethod
 from kdgen.methods.dkd import DecoupledKD
 from kdgen.models import build
-from kdgen.objective import GenerationObjective
-from kdgen.train import TrainHooks, freeze_teacher, train_generation
-from kdgen.unit_cache import unit_settings
+from kdgen.training.objective import GenerationObjective
+from kdgen.training.loop import TrainHooks, freeze_teacher, train_generation
+from kdgen.running.unit_cache import unit_settings
 
 from conftest import tiny_config
 
@@ -143,10 +143,10 @@ def test_a_method_with_parameters_and_features_trains_its_head_and_resumes_it(ti
     assert torch.equal(states[-1].loss_module["method.head.weight"], objective.method.head.weight.cpu())
     assert all(not m._forward_hooks for m in student.modules()) and all(not m._forward_hooks for m in teacher.modules())
     fresh = GenerationObjective(method=Hint())
-    from kdgen.resume import restore
+    from kdgen.training.resume import restore
     torch.manual_seed(1)
     again = build("cnn-tiny", 4, 1)
-    from kdgen.train import make_optimizer, make_schedule
+    from kdgen.training.loop import make_optimizer, make_schedule
     optimizer = make_optimizer(again, tiny_cfg.train, fresh)
     restore(states[0], again, optimizer, make_schedule(optimizer, tiny_cfg.train, steps), torch.Generator(), fresh)
     assert torch.equal(fresh.method.head.weight, states[0].loss_module["method.head.weight"])
@@ -197,7 +197,7 @@ def test_an_arm_with_two_teachers_hands_both_to_the_loss(tiny_data, monkeypatch)
     """Arm.teachers may name several earlier generations; the loss gets every teacher's logits, in order."""
     from kdgen.arms import base as arm_registry
     from kdgen.arms.born_again import Strict
-    from kdgen.generations import GenerationsRunner
+    from kdgen.running.generations import GenerationsRunner
 
     seen = []
 

@@ -18,11 +18,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from kdgen import parallel
+from kdgen.training import parallel
 from kdgen.checkpoint import save_model
 from kdgen.cli import main
 from kdgen.errors import ConfigError
-from kdgen.run_folder import RunFolder
+from kdgen.running.run_folder import RunFolder
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -273,7 +273,7 @@ class _Numbered(torch.utils.data.Dataset):
 def test_data_mode_shares_are_the_one_process_batches(streaming):
     """Each process gets its part of every global batch (resident: augmented as one process would;
     streaming: only its part is decoded), and the parts make up one process's batches."""
-    from kdgen.batches import TrainBatches
+    from kdgen.training.batches import TrainBatches
     from kdgen.data.base import AugmentSpec, Split, StreamingSplit
 
     samples = [(i, i % 4) for i in range(40)]

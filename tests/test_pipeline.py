@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kdgen
-from kdgen import runtime as runtime_module
+from kdgen.training import runtime as runtime_module
 from kdgen.config import load_config
 from kdgen.errors import ConfigError, UserError
 from kdgen.losses import confidence_penalty, cross_entropy, label_smoothing_loss, top_score_difference
@@ -51,7 +51,7 @@ def test_api_run_folder_is_a_full_run_folder_and_resumes(tmp_path):
 
 
 def test_api_checks_the_config_against_the_data_before_training(tmp_path, monkeypatch):
-    import kdgen.generations as generations_module
+    import kdgen.running.generations as generations_module
 
     monkeypatch.setattr(generations_module, "train_generation", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ConfigError, match="tolerance.k: 7 is more than the 4 classes"):
@@ -125,7 +125,7 @@ def test_explicit_bf16_without_native_support_is_warned_about_in_one_line(monkey
 
 
 def test_auto_precision_honours_an_avx2_cap():
-    code = "import torch; from kdgen.runtime import resolve_precision; print(resolve_precision('auto', torch.device('cpu')))"
+    code = "import torch; from kdgen.training.runtime import resolve_precision; print(resolve_precision('auto', torch.device('cpu')))"
     env = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and result.stdout.strip() == "fp32", result.stderr
@@ -148,7 +148,7 @@ def test_run_folders_written_before_the_runtime_section_are_read_in_todays_spell
     import yaml
 
     from kdgen.config import upgrade_recorded
-    from kdgen.run_folder import saved_config
+    from kdgen.running.run_folder import saved_config
 
     old = {"train": {"epochs": 3, "precision": "bf16", "compile": False, "device": "auto", "channels_last": True},
            "data": {"name": "digits", "workers": 4},

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kdgen.cli import main
-from kdgen.metrics import calibration_bins
-from kdgen.results import Results
-from kdgen.verdict import finding, findings, headline
+from kdgen.training.metrics import calibration_bins
+from kdgen.reporting.results import Results
+from kdgen.reporting.verdict import finding, findings, headline
 
 TINY = ["data.name=synthetic", "data.num_train=128", "data.num_test=24", "data.image_size=8", "data.channels=1",
         "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=1", "train.batch_size=16", "seeds=[0,1,2]",
@@ -159,7 +159,7 @@ def test_report_of_several_runs_is_one_comparison_page(run, tmp_path, capsys):
 
 
 def test_detectable_effect_is_the_paired_t_tests_80_percent_power_point():
-    from kdgen.statistics import detectable_effect
+    from kdgen.reporting.statistics import detectable_effect
 
     # (t_0.975,9 + t_0.8,9) / sqrt(10) = (2.2622 + 0.8834) / 3.1623
     assert detectable_effect(1.0, 10) == pytest.approx(0.9947, abs=1e-3)
@@ -176,7 +176,7 @@ def test_detectable_effect_is_the_paired_t_tests_80_percent_power_point():
 
 
 def test_a_run_near_its_ceiling_says_why_it_cannot_show_much():
-    from kdgen.report_page import ceiling_note
+    from kdgen.reporting.page import ceiling_note
 
     def rows(level):
         return [{"arm": arm, "generation": g, "kind": "single", "seed": s, "split": "test",

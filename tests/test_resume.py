@@ -12,8 +12,8 @@ import torch
 
 from kdgen.checkpoint import load_state
 from kdgen.models import build
-from kdgen.objective import GenerationObjective
-from kdgen.train import StopFlag, TrainHooks, TrainingInterrupted, train_generation
+from kdgen.training.objective import GenerationObjective
+from kdgen.training.loop import StopFlag, TrainHooks, TrainingInterrupted, train_generation
 
 from conftest import tiny_config
 

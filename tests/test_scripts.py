@@ -45,7 +45,7 @@ def test_throughput_benchmark_prints_every_figure(tmp_path):
                     "--pipeline-images", "600", "--workers", "0", "--no-compile", "--peak-seconds", "0.05",
                     "--json", str(out)], capture_output=True, text=True, check=True, timeout=300)
     figures = json.loads(out.read_text())
-    from kdgen.runtime import native_bf16
+    from kdgen.training.runtime import native_bf16
 
     if native_bf16(torch.device("cpu")):
         assert figures["peak_bf16_tflops"] > 0
@@ -59,7 +59,7 @@ def test_throughput_benchmark_prints_every_figure(tmp_path):
 def test_merge_runs_equals_one_run_over_all_seeds(tmp_path):
     from kdgen.checkpoint import read_json
     from kdgen.config import load_config
-    from kdgen.runner import run_experiment
+    from kdgen.running.runner import run_experiment
 
     tiny = ["data.name=synthetic", "data.num_train=64", "data.num_test=16", "data.image_size=8", "data.channels=1",
             "data.num_classes=3", "model.name=cnn-tiny", "train.epochs=1", "train.batch_size=16",
@@ -82,7 +82,7 @@ def test_merge_runs_equals_one_run_over_all_seeds(tmp_path):
 def test_merge_runs_of_different_arms_equals_one_run_and_refuses_other_settings(tmp_path):
     from kdgen.checkpoint import read_json
     from kdgen.config import load_config
-    from kdgen.runner import run_experiment
+    from kdgen.running.runner import run_experiment
 
     tiny = ["data.name=synthetic", "data.num_train=64", "data.num_test=16", "data.image_size=8", "data.channels=1",
             "data.num_classes=3", "model.name=cnn-tiny", "train.epochs=2", "train.batch_size=16",
@@ -107,7 +107,7 @@ def test_merge_runs_of_different_arms_equals_one_run_and_refuses_other_settings(
 
 def test_equal_cost_pairs_compares_cells_of_equal_cost_across_arms(tmp_path):
     from kdgen.config import load_config
-    from kdgen.runner import run_experiment
+    from kdgen.running.runner import run_experiment
 
     tiny = ["data.name=synthetic", "data.num_train=64", "data.num_test=16", "data.image_size=8", "data.channels=1",
             "data.num_classes=3", "model.name=cnn-tiny", "train.epochs=6", "train.batch_size=16",

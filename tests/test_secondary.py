@@ -8,7 +8,7 @@ import torch
 
 from kdgen.data.base import SourceData, Split, make_bundle, per_class_subset
 from kdgen.errors import DataError
-from kdgen.metrics import classification_metrics, secondary_information, soft_confusion
+from kdgen.training.metrics import classification_metrics, secondary_information, soft_confusion
 
 # Four images, four classes; groups {0, 1} and {2}, {3} (classes 2 and 3 have no group-mate).
 PROBS = torch.tensor([
@@ -96,7 +96,7 @@ def test_train_eval_sample_is_fixed_unaugmented_and_capped():
 
 def test_run_rows_include_the_train_split_and_patriarch_heatmaps(tmp_path):
     from kdgen.config import load_config
-    from kdgen.runner import run_experiment
+    from kdgen.running.runner import run_experiment
     from kdgen.checkpoint import read_json
 
     cfg = load_config(None, ["data.name=synthetic", "data.num_train=96", "data.num_test=24", "data.image_size=8",

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdgen.batches import TrainBatches, eval_batches
+from kdgen.training.batches import TrainBatches, eval_batches
 from kdgen.data import load_bundle
 from kdgen.data.base import AugmentSpec, StreamingSplit
-from kdgen.generations import GenerationsRunner
+from kdgen.running.generations import GenerationsRunner
 from kdgen.models import build
 
 from conftest import tiny_config

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from kdgen import generations
+from kdgen.running import generations
 from kdgen.checkpoint import read_json, write_json
 from kdgen.config import load_config
-from kdgen.runner import run_experiment
-from kdgen.sweep import run_sweep
-from kdgen.sweep_plan import grid_points, make_plan, parse_axis
-from kdgen.sweep_report import build_sweep_report
-from kdgen.unit_cache import UnitCache, unit_key
+from kdgen.running.runner import run_experiment
+from kdgen.running.sweep import run_sweep
+from kdgen.running.sweep_plan import grid_points, make_plan, parse_axis
+from kdgen.reporting.sweep_page import build_sweep_report
+from kdgen.running.unit_cache import UnitCache, unit_key
 
 TINY = ["data.name=synthetic", "data.num_train=96", "data.num_test=24", "data.image_size=8", "data.channels=1",
         "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=1", "train.batch_size=16", "seeds=[0,1]",
@@ -205,7 +205,7 @@ def test_a_raised_code_revision_changes_the_keys_of_the_units_that_ran_that_code
     from kdgen.arms.born_again import Strict
     from kdgen.methods.kd import KDSettings
     from kdgen.tolerance import METHODS
-    import kdgen.unit_cache as unit_cache
+    import kdgen.running.unit_cache as unit_cache
 
     base = cfg("tolerance.eta=0.1")
     units = [(arm, g) for arm in ("baseline", "strict", "tolerant") for g in (0, 1)]

@@ -14,7 +14,7 @@ from torch import nn
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import UserError
 from kdgen.models import build, names
-from kdgen.transfer import (adapt_images, extract_features, feature_module, fit_probe, score_probe,
+from kdgen.running.transfer import (adapt_images, extract_features, feature_module, fit_probe, score_probe,
                             transfer_config)
 
 

@@ -2,7 +2,7 @@
 
 Every module in this package is imported when the package is, and registers its arms with
 :func:`register`; so adding an arm is one file here (plus its tests). The driver
-(:mod:`kdgen.generations`), the run's checks, the unit cache and the report only ask arms questions:
+(:mod:`kdgen.running.generations`), the run's checks, the unit cache and the report only ask arms questions:
 see :class:`~kdgen.arms.base.Arm`.
 """
 

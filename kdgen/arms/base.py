@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from kdgen.objective import GenerationObjective
+from kdgen.training.objective import GenerationObjective
 from kdgen.tolerance import ToleranceTerm
 
 if TYPE_CHECKING:  # the config imports this package: no import cycle at run time
@@ -39,7 +39,7 @@ class Arm:
     uses_tolerance: ClassVar[bool] = False
     # A config section of the arm's own: (section name, pydantic model), or None.
     settings: ClassVar[tuple[str, type[BaseModel]] | None] = None
-    # Raise when a fix changes what the arm computes: its units trained before are then not reused (kdgen.unit_cache).
+    # Raise when a fix changes what the arm computes: its units trained before are then not reused (kdgen.running.unit_cache).
     revision: ClassVar[int] = 1
 
     def __init__(self, cfg: "Config") -> None:

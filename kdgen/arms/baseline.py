@@ -7,7 +7,7 @@ independently trained models (1..g), the same count as a distilled arm's ensembl
 from __future__ import annotations
 
 from kdgen.arms.base import Arm, register
-from kdgen.objective import GenerationObjective
+from kdgen.training.objective import GenerationObjective
 
 
 @register

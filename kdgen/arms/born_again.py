@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdgen.arms.base import Arm, register
-from kdgen.objective import GenerationObjective
+from kdgen.training.objective import GenerationObjective
 
 
 @register

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kdgen.arms.base import Arm, register
 from kdgen.errors import ConfigError
-from kdgen.objective import GenerationObjective
+from kdgen.training.objective import GenerationObjective
 
 if TYPE_CHECKING:
     from kdgen.config import TrainConfig

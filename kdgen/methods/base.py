@@ -87,7 +87,7 @@ class MethodSettings(BaseModel):
 
     method: str
     # A method's revision: raise it when a fix changes what the method computes, so the unit cache never
-    # reuses units trained before the fix (kdgen.unit_cache).
+    # reuses units trained before the fix (kdgen.running.unit_cache).
     revision: ClassVar[int] = 1
 
     def build(self) -> StudentMethod:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Union
 
 from kdgen.checkpoint import write_json
-from kdgen.formatting import markdown_table
-from kdgen.report import diff_table, gains_table, secondary_table, summary_table, trend_table
-from kdgen.results import Results, format_cell
+from kdgen.reporting.formatting import markdown_table
+from kdgen.reporting.tables import diff_table, gains_table, secondary_table, summary_table, trend_table
+from kdgen.reporting.results import Results, format_cell
 
 # ("h2", text) | ("p", text) | ("ul", [items]) | ("table", caption, header, body) | ("img", path)
 Block = Union[tuple[str, str], tuple[str, list[str]], tuple[str, str, list[str], list[list[str]]], tuple[str, Path]]
@@ -98,7 +98,7 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
 
 def verdict_blocks(results: Results, best: dict[str, object] | None, run_name: str) -> list[Block]:
     """The answer to the run's question, computed from the test rows, and the model to keep."""
-    from kdgen.verdict import findings, headline
+    from kdgen.reporting.verdict import findings, headline
 
     found = findings(results, "test")
     seeds = results.seeds
@@ -150,8 +150,8 @@ NOTES = ["Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bi
 def build_report(run_dir: Path, results: Results | None = None, wall_time_s: float | None = None) -> Path:
     """Write ``report.md``, self-contained ``report.html``, ``summary.json``, ``best.json`` and ``plots/*.png``
     (``results``: the run's, when the caller has them already; else read from ``run_dir``)."""
-    from kdgen.equal_cost import equal_cost_points, equal_cost_table, run_config
-    from kdgen.plots import accuracy_confidence_plot, calibration_plots, equal_cost_plot, metric_plot, patriarch_heatmaps
+    from kdgen.reporting.equal_cost import equal_cost_points, equal_cost_table, run_config
+    from kdgen.reporting.plots import accuracy_confidence_plot, calibration_plots, equal_cost_plot, metric_plot, patriarch_heatmaps
 
     run_dir = Path(run_dir)
     results = Results.load(run_dir) if results is None else results
@@ -187,7 +187,7 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
             header, body = equal_cost_table(cost_points, split)
             if body:
                 blocks.append(("table", f"Equal cost: top-1 against training epochs spent, {split} split", header, body))
-    from kdgen.transfer import transfer_blocks
+    from kdgen.reporting.probes import transfer_blocks
 
     blocks += transfer_blocks(run_dir)
     blocks.append(("h2", "Plots"))
@@ -228,9 +228,9 @@ def _run_names(run_dirs: list[Path]) -> list[str]:
 def build_comparison(run_dirs: list[Path], out: Path) -> Path:
     """One page comparing several run folders (two data sets, before/after a change): each run's verdict,
     a table of test top-1 per arm, and their accuracy-per-generation plots side by side."""
-    from kdgen.equal_cost import run_config
-    from kdgen.plots import runs_plot
-    from kdgen.verdict import findings, headline
+    from kdgen.reporting.equal_cost import run_config
+    from kdgen.reporting.plots import runs_plot
+    from kdgen.reporting.verdict import findings, headline
 
     names = _run_names(run_dirs)
     runs = [Results.load(d) for d in run_dirs]

@@ -2,7 +2,7 @@
 ``kdgen transfer`` and ``kdgen.load`` all read.
 
 ``results.json`` holds tidy rows (one dict per arm, generation, kind, seed and split; see
-:mod:`kdgen.run_folder`). :class:`Results` wraps them with what every reader needs: the arms that
+:mod:`kdgen.running.run_folder`). :class:`Results` wraps them with what every reader needs: the arms that
 were recorded, the mean ± std of every metric per cell (:class:`Cell`), the values that paired tests
 pair, the comparisons the recorded arms ask for (:meth:`Results.comparisons`) and the model to keep
 (chosen on val). A metric is declared once, in :data:`METRICS`; tables and plots iterate over it.
@@ -19,8 +19,8 @@ from typing import Any, Iterable, Mapping
 from kdgen import arms as arm_registry
 from kdgen.checkpoint import read_json
 from kdgen.errors import CheckpointError
-from kdgen.run_folder import RESULTS_FILE, Row, checkpoint_relpath
-from kdgen.statistics import Paired, paired
+from kdgen.running.run_folder import RESULTS_FILE, Row, checkpoint_relpath
+from kdgen.reporting.statistics import Paired, paired
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class Results:
         return found
 
     def paired(self, arm: str, other: str, split: str, kind: str = "single", metric: str = "top1") -> dict[int, Paired]:
-        """``arm − other`` per generation both have, paired by seed (see :func:`kdgen.statistics.paired`)."""
+        """``arm − other`` per generation both have, paired by seed (see :func:`kdgen.reporting.statistics.paired`)."""
         values = self.values(split, metric)
         generations = sorted({g for (a, g, k) in values if a == arm and k == kind}
                              & {g for (a, g, k) in values if a == other and k == kind})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdgen.augment import Normalizer
-from kdgen.batches import eval_batches
+from kdgen.training.augment import Normalizer
+from kdgen.training.batches import eval_batches
 from kdgen.data.base import AnySplit
-from kdgen.runtime import memory_format, resolve_precision
-from kdgen.fast import fold_batchnorm
+from kdgen.training.runtime import memory_format, resolve_precision
+from kdgen.training.fast import fold_batchnorm
 
 ECE_BINS = 15
 
@@ -20,7 +20,7 @@ def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, 
     """Softmax outputs ``(N, C)`` in float32 on the CPU, with the model in eval mode.
 
     ``channels_last`` feeds NHWC images (as the training loop does with ``runtime.channels_last``).
-    The model runs as a BatchNorm-folded copy (:func:`kdgen.fast.fold_batchnorm`: the same function,
+    The model runs as a BatchNorm-folded copy (:func:`kdgen.training.fast.fold_batchnorm`: the same function,
     fewer passes over the activations). Its previous train/eval mode is restored afterwards.
     """
     was_training = model.training

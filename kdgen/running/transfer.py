@@ -36,9 +36,8 @@ from torch import nn
 from kdgen.checkpoint import read_json, write_json
 from kdgen.config import DataConfig, apply_overrides, format_validation_error
 from kdgen.errors import ConfigError, UserError
-from kdgen.run_folder import CONFIG_FILE, RESULTS_FILE, Row
+from kdgen.running.run_folder import CONFIG_FILE, RESULTS_FILE, TRANSFER_DIR, Row
 
-TRANSFER_DIR = "transfer"
 # ITU-R BT.601 luma: what a grey version of an RGB image means in MNIST-like data.
 LUMA = (0.299, 0.587, 0.114)
 
@@ -146,8 +145,8 @@ def extract_features(model: nn.Module, images: torch.Tensor, mean: Iterable[floa
     Computed as the run evaluated (BatchNorm folded into the convolutions; ``precision`` "bf16" autocast
     and ``channels_last`` where the run used them): 10x faster on a CPU than plain fp32 NCHW.
     """
-    from kdgen.fast import fold_batchnorm
-    from kdgen.runtime import memory_format
+    from kdgen.training.fast import fold_batchnorm
+    from kdgen.training.runtime import memory_format
 
     name, module = feature_module(model, layer)
     was_training = model.training
@@ -249,7 +248,7 @@ def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | 
     ``model_factory`` rebuilds the models of a run of the Python API (your own model), as for
     :func:`kdgen.load`. Refuses to overwrite an existing file.
     """
-    from kdgen.inference import load
+    from kdgen.running.inference import load
 
     run_dir = Path(run_dir)
     units = _finished_units(run_dir)
@@ -290,52 +289,3 @@ def probe_label(cfg: TransferConfig) -> str:
     """The probe data's name in rows and file names: the source, and its classes where ``data.classes`` picks some."""
     classes = cfg.data.classes
     return cfg.data.name if classes is None else f"{cfg.data.name} classes {','.join(map(str, classes))}"
-
-
-def load_transfer(run_dir: Path) -> dict[str, list[Row]]:
-    """``{probe name: rows}`` of every ``RUN/transfer/*.json`` (none: {})."""
-    found = {}
-    for path in sorted((Path(run_dir) / TRANSFER_DIR).glob("*.json")):
-        payload = read_json(path)
-        rows = payload.get("rows") if isinstance(payload, dict) else None
-        if isinstance(rows, list) and rows:
-            found[str(rows[0].get("probe", path.stem))] = rows
-    return found
-
-
-def transfer_blocks(run_dir: Path) -> list[tuple]:
-    """The report section: per probe data set, test top-1 and NLL per arm and generation, and the arms
-    compared per generation, paired by seed (tolerant − strict, strict − baseline)."""
-    from kdgen.report import diff_table
-    from kdgen.results import Results
-
-    probes = load_transfer(run_dir)
-    if not probes:
-        return []
-    blocks: list[tuple] = [("h2", "Transfer: linear probes on other data"),
-                           ("p", "Each frozen model's penultimate features (the input of its final linear layer) feed a "
-                                 "logistic-regression probe trained on the probe data's training split; its C was chosen "
-                                 "on the probe data's val split; the numbers are on the probe data's test split. "
-                                 "`kdgen transfer RUN --data NAME` adds a probe.")]
-    for probe, rows in probes.items():
-        blocks.append(("table", f"Probe on {probe}: test split, mean ± std over seeds", *_probe_table(rows)))
-        header, diffs = diff_table(Results(rows), "test")
-        if diffs:
-            blocks.append(("table", f"Probe on {probe}: arms compared, paired by seed (test split)", header, diffs))
-    return blocks
-
-
-def transfer_text(path: Path) -> str:
-    """The console summary of one transfer file: probe test top-1 per arm and generation."""
-    from kdgen.formatting import text_table
-
-    return text_table(*_probe_table(read_json(path)["rows"]))
-
-
-def _probe_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """Probe test top-1 and NLL per arm and generation, mean ± std over seeds."""
-    from kdgen.results import Results
-
-    cells = Results(rows).cells_in("test")
-    return (["arm", "gen", "n", "probe top1 (test)", "probe NLL (test)"],
-            [[c.arm, str(c.generation), str(c.n), c.format("top1"), c.format("nll")] for c in cells])

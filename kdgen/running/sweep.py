@@ -2,7 +2,7 @@
 
 ``DIR/sweep.json`` records the base config and the grid; ``DIR/runs/<point>/`` is a normal run
 folder per grid point (``kdgen report`` and ``kdgen predict`` work on it); ``DIR/units/`` is the
-:class:`~kdgen.unit_cache.UnitCache` every point draws on, so no unit is trained twice; the
+:class:`~kdgen.running.unit_cache.UnitCache` every point draws on, so no unit is trained twice; the
 summary (``sweep.md``, ``sweep.html``, ``sweep_summary.json``, ``plots/``) is rebuilt after every
 point. ``--resume`` continues where an interrupted sweep stopped.
 """
@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import UserError
-from kdgen.run_folder import check_new_out_dir, make_out_dir
-from kdgen.runner import run_experiment
-from kdgen.sweep_plan import SweepPlan
-from kdgen.sweep_report import build_sweep_report
-from kdgen.unit_cache import UnitCache
+from kdgen.running.run_folder import check_new_out_dir, make_out_dir
+from kdgen.running.runner import run_experiment
+from kdgen.running.sweep_plan import SweepPlan
+from kdgen.reporting.sweep_page import build_sweep_report
+from kdgen.running.unit_cache import UnitCache
 
 if TYPE_CHECKING:
-    from kdgen.train import StopFlag
+    from kdgen.training.loop import StopFlag
 
 def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = True, units: Path | None = None,
               stop: "StopFlag | None" = None) -> Path:

@@ -20,19 +20,19 @@ from tqdm.auto import tqdm
 
 from kdgen import arms
 from kdgen.arms import Arm
-from kdgen.augment import Normalizer
-from kdgen.batches import steps_per_epoch
+from kdgen.training.augment import Normalizer
+from kdgen.training.batches import steps_per_epoch
 from kdgen.checkpoint import load_model
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
-from kdgen.inference import example_shape
-from kdgen.metrics import calibration_bins, classification_metrics, predict_probs, soft_confusion
-from kdgen.resume import EpochState
-from kdgen.run_folder import Row, RunFolder, unit_name
-from kdgen.runtime import Runtime
-from kdgen.train import EpochLog, StopFlag, TrainHooks, freeze_teacher, train_generation
-from kdgen.unit_cache import CachedUnit, UnitCache
+from kdgen.running.inference import example_shape
+from kdgen.training.metrics import calibration_bins, classification_metrics, predict_probs, soft_confusion
+from kdgen.training.resume import EpochState
+from kdgen.running.run_folder import Row, RunFolder, unit_name
+from kdgen.training.runtime import Runtime
+from kdgen.training.loop import EpochLog, StopFlag, TrainHooks, freeze_teacher, train_generation
+from kdgen.running.unit_cache import CachedUnit, UnitCache
 
 ModelFactory = Callable[[], nn.Module]
 

@@ -251,7 +251,7 @@ class DataParallel(_Shared):
             return model, lambda: None
         from torch.nn.parallel import DistributedDataParallel
 
-        from kdgen import sync_batchnorm
+        from kdgen.training import sync_batchnorm
 
         if self.sync_batchnorm:
             sync_batchnorm.convert(model)  # statistics over the whole global batch, as in one process

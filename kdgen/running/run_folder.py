@@ -31,7 +31,7 @@ from torch import nn
 
 from kdgen.checkpoint import atomic_write, check_safetensors, link, load_model, read_json, save_model, write_json
 from kdgen.errors import CheckpointError, UserError
-from kdgen.resume import EpochState, load_state, save_state
+from kdgen.training.resume import EpochState, load_state, save_state
 
 if TYPE_CHECKING:
     from kdgen.config import Config
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 Row = dict[str, Any]
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
+TRANSFER_DIR = "transfer"  # kdgen transfer's probe results, one file per probe data set
 
 
 def unit_name(arm: str, seed: int, generation: int) -> str:

@@ -15,21 +15,21 @@ from typing import Any, Callable, TypeVar
 from torch import nn
 
 from kdgen import arms
-from kdgen.batches import check_share
+from kdgen.training.batches import check_share
 from kdgen.checkpoint import write_json
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
-from kdgen.generations import GenerationsRunner, units
-from kdgen.parallel import ParallelMode, PeerLost, is_peer_lost, peer_failure_summary
-from kdgen.report import console_summary
-from kdgen.report_page import build_report
-from kdgen.results import Results
-from kdgen.run_folder import (Row, RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
+from kdgen.running.generations import GenerationsRunner, units
+from kdgen.training.parallel import ParallelMode, PeerLost, is_peer_lost, peer_failure_summary
+from kdgen.reporting.tables import console_summary
+from kdgen.reporting.page import build_report
+from kdgen.reporting.results import Results
+from kdgen.running.run_folder import (Row, RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
                               saved_config, write_config)
-from kdgen.runtime import Runtime
-from kdgen.train import StopFlag, TrainingInterrupted
-from kdgen.unit_cache import UnitCache
+from kdgen.training.runtime import Runtime
+from kdgen.training.loop import StopFlag, TrainingInterrupted
+from kdgen.running.unit_cache import UnitCache
 
 # Settings that do not change what is computed: they may differ when resuming.
 NOT_COMPARED_ON_RESUME = ("log.", "runtime.")
@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 def start_parallel(runtime_cfg: Any) -> ParallelMode:
     """This process's ``runtime.parallel`` mode, joined with the others torchrun started."""
-    from kdgen import parallel
+    from kdgen.training import parallel
 
     return parallel.start(runtime_cfg.parallel, runtime_cfg.device, sync_batchnorm=runtime_cfg.sync_batchnorm)
 
@@ -116,7 +116,7 @@ def run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.M
     runtime and log sections aside); finished units are loaded, the units in progress continue from
     their last saved step, and the final results.json is identical to an uninterrupted run's. With
     ``unit_cache`` (``kdgen sweep``), units trained by other runs with the same relevant settings
-    are reused (:mod:`kdgen.unit_cache`). Without ``out`` nothing is written. Under torchrun,
+    are reused (:mod:`kdgen.running.unit_cache`). Without ``out`` nothing is written. Under torchrun,
     ``parallel`` (by default started here from ``runtime.parallel``) shares the work out.
     """
     owns = parallel is None

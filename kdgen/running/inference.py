@@ -18,7 +18,7 @@ from torch import nn
 
 from kdgen.checkpoint import load_state, read_json
 from kdgen.errors import UserError
-from kdgen.run_folder import CONFIG_FILE, RESULTS_FILE, checkpoint_relpath, saved_config
+from kdgen.running.run_folder import CONFIG_FILE, RESULTS_FILE, checkpoint_relpath, saved_config
 
 if TYPE_CHECKING:
     from kdgen.config import Config
@@ -57,8 +57,8 @@ class Classifier(nn.Module):
         return super()._apply(fn, recurse)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from kdgen.fast import fold_batchnorm
-        from kdgen.runtime import memory_format
+        from kdgen.training.fast import fold_batchnorm
+        from kdgen.training.runtime import memory_format
 
         if images.dtype != torch.uint8:
             raise TypeError(f"expected uint8 images (N, C, H, W), got {images.dtype}")
@@ -76,7 +76,7 @@ def _units(run_dir: Path, cfg: "Config", which: str) -> list[tuple[str, int, int
         if best_path.is_file():
             best = read_json(best_path)
         else:
-            from kdgen.results import Results
+            from kdgen.reporting.results import Results
 
             best = Results.load(run_dir).best_unit()
         if not best:
@@ -136,7 +136,7 @@ def load(run_dir: str | Path, which: str = "best", model_factory: Callable[[], n
     ``"bf16"`` choose. Mistakes are :class:`~kdgen.errors.UserError`.
     """
     from kdgen.models import build, names
-    from kdgen.train import freeze_teacher
+    from kdgen.training.loop import freeze_teacher
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / RESULTS_FILE).is_file():
@@ -167,7 +167,7 @@ def load(run_dir: str | Path, which: str = "best", model_factory: Callable[[], n
     assert meta is not None
     runtime = cfg.runtime
     if precision == "run":
-        from kdgen.runtime import native_bf16
+        from kdgen.training.runtime import native_bf16
 
         precision = runtime.precision if runtime.precision != "bf16" or native_bf16(torch.device("cpu")) else "fp32"
     return Classifier(members, meta["mean"], meta["std"], meta["class_names"], meta["image_shape"],

@@ -1,6 +1,6 @@
 """A sweep's plan: its grid axes (linked keys included), points, base config and ``--select``.
 
-Pure data and parsing, shared by the sweep runner (:mod:`kdgen.sweep`) and its summary (:mod:`kdgen.sweep_report`).
+Pure data and parsing, shared by the sweep runner (:mod:`kdgen.running.sweep`) and its summary (:mod:`kdgen.reporting.sweep_page`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ A unit (arm, seed, generation) depends on only part of the config:
 
 A unit also depends on the code that computed it. Arms, student methods and tolerance methods carry a
 ``revision`` (a class attribute, 1 to start with), and so does the training loop
-(:data:`kdgen.train.REVISION`); a fix that changes what one of them computes raises it. The revisions above 1
+(:data:`kdgen.training.loop.REVISION`); a fix that changes what one of them computes raises it. The revisions above 1
 of what a unit uses join its key, so a unit trained before a fix is never reused after it, and caches
 written before revisions existed keep their keys (every revision was 1 then).
 
@@ -38,8 +38,8 @@ from typing import Any
 from kdgen import arms
 from kdgen.checkpoint import link, read_json, write_json
 from kdgen.config import Config
-from kdgen.run_folder import Row
-from kdgen.train import REVISION as train_revision
+from kdgen.running.run_folder import Row
+from kdgen.training.loop import REVISION as train_revision
 
 # Runtime settings that never change a unit's result.
 COSMETIC_RUNTIME = {"compile", "workers", "parallel", "sync_batchnorm"}

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 
 from kdgen import arms as arm_registry
-from kdgen.formatting import p_value, signed
-from kdgen.results import Comparison, Results
-from kdgen.statistics import ALPHA, paired
+from kdgen.reporting.formatting import p_value, signed
+from kdgen.reporting.results import Comparison, Results
+from kdgen.reporting.statistics import ALPHA, paired
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Finding:
 
 def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, other: str, kind: str,
             generation: int) -> Finding | None:
-    """``a − b`` paired over the seeds both have (:func:`kdgen.statistics.paired`, so p is n/a below two
+    """``a − b`` paired over the seeds both have (:func:`kdgen.reporting.statistics.paired`, so p is n/a below two
     seeds or when every difference is the same), with its 95 % interval; None without a common seed."""
     found = paired(values_a, values_b)
     if found is None:

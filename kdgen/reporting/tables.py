@@ -1,8 +1,8 @@
-"""The report's tables, each a function of a run's :class:`~kdgen.results.Results` and a split.
+"""The report's tables, each a function of a run's :class:`~kdgen.reporting.results.Results` and a split.
 
 A table is ``(header, body)``: lists of strings, rendered to markdown, HTML or plain text by
-:mod:`kdgen.formatting` and :mod:`kdgen.report_page`. Comparisons come from the arms recorded in the
-run (:meth:`~kdgen.results.Results.comparisons`), metrics from :data:`~kdgen.results.METRICS`.
+:mod:`kdgen.reporting.formatting` and :mod:`kdgen.reporting.page`. Comparisons come from the arms recorded in the
+run (:meth:`~kdgen.reporting.results.Results.comparisons`), metrics from :data:`~kdgen.reporting.results.METRICS`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 
 from kdgen import arms as arm_registry
-from kdgen.formatting import difference, p_value, signed, text_table
-from kdgen.results import METRICS, Results, format_cell
-from kdgen.statistics import mean_interval, paired, slope
+from kdgen.reporting.formatting import difference, p_value, signed, text_table
+from kdgen.reporting.results import METRICS, Results, format_cell
+from kdgen.reporting.statistics import mean_interval, paired, slope
 
 Table = tuple[list[str], list[list[str]]]
 

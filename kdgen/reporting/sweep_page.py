@@ -17,11 +17,11 @@ from typing import Any
 from kdgen import arms as arm_registry
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import CheckpointError
-from kdgen.formatting import difference, markdown_table, p_value
-from kdgen.report_page import write_html
-from kdgen.results import METRICS, Results, format_cell
-from kdgen.statistics import Paired, paired
-from kdgen.sweep_plan import SweepPlan, axis_keys, parse_select
+from kdgen.reporting.formatting import difference, markdown_table, p_value
+from kdgen.reporting.page import write_html
+from kdgen.reporting.results import METRICS, Results, format_cell
+from kdgen.reporting.statistics import Paired, paired
+from kdgen.running.sweep_plan import SweepPlan, axis_keys, parse_select
 
 SPLIT = "val"  # a sweep chooses; it never reads the test split
 SHOWN = tuple(m.name for m in METRICS if m.sweep)
@@ -147,7 +147,7 @@ def _diff(d: Paired | None) -> str:
 
 def build_sweep_report(out: Path) -> Path:
     """Write ``sweep.md``, ``sweep.html``, ``sweep_summary.json`` and ``plots/`` for the sweep in ``out``."""
-    from kdgen.plots import sweep_plot
+    from kdgen.reporting.plots import sweep_plot
 
     out = Path(out)
     summary = sweep_summary(out)

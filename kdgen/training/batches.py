@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from kdgen.augment import augment
+from kdgen.training.augment import augment
 from kdgen.data.base import AnySplit, AugmentSpec, Split
 from kdgen.errors import ConfigError
 

@@ -8,7 +8,7 @@ inheriting its teacher's optimizer state or half-decayed schedule.
 :class:`Placement` (device, memory layout, precision, compile, DistributedDataParallel, the folded
 teacher and the feature taps: it turns a batch into a :class:`~kdgen.methods.Step`), :class:`EpochTally`
 (loss sums and the first non-finite step, kept on the device), :class:`TrainHooks` (progress, logging,
-state capture for exact resume, stop requests) and :mod:`kdgen.resume` (the state itself).
+state capture for exact resume, stop requests) and :mod:`kdgen.training.resume` (the state itself).
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from kdgen.augment import Normalizer
-from kdgen.batches import TrainBatches
+from kdgen.training.augment import Normalizer
+from kdgen.training.batches import TrainBatches
 from kdgen.config import TrainConfig
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
-from kdgen.fast import check_compile_supported, fold_batchnorm, maybe_compile
+from kdgen.training.fast import check_compile_supported, fold_batchnorm, maybe_compile
 from kdgen.methods import GenerationLoss, Progress, Step
-from kdgen.resume import EpochState, capture, restore
-from kdgen.runtime import Runtime
+from kdgen.training.resume import EpochState, capture, restore
+from kdgen.training.runtime import Runtime
 
 # Raise when a change to this loop changes what it computes: units trained before are then not reused
-# (kdgen.unit_cache). Arms, student methods and tolerance methods carry a ``revision`` of their own.
+# (kdgen.running.unit_cache). Arms, student methods and tolerance methods carry a ``revision`` of their own.
 REVISION = 1
 
 
@@ -162,7 +162,7 @@ class Placement:
     The student moves to the runtime's device and memory layout, in train mode, wrapped for
     ``runtime.parallel=data`` (DistributedDataParallel, cross-rank BatchNorm) and compiled with
     ``runtime.compile``. The teacher runs under inference mode as a copy with its BatchNorm folded into
-    the convolutions (:func:`kdgen.fast.fold_batchnorm`), unless the loss reads its features (then as it
+    the convolutions (:func:`kdgen.training.fast.fold_batchnorm`), unless the loss reads its features (then as it
     is, so the named modules exist). Both run under the runtime's autocast.
     """
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kdgen.errors import UserError
-from kdgen.parallel import OneProcess, ParallelMode
+from kdgen.training.parallel import OneProcess, ParallelMode
 
 if TYPE_CHECKING:  # the config imports kdgen.arms, which need no runtime: no cycle at run time
     from kdgen.config import RuntimeConfig
@@ -81,7 +81,7 @@ class Runtime:
     channels_last: bool = True
     compile: bool = False
     workers: int = 0
-    # How the processes torchrun started share the run (kdgen.parallel); one process by default.
+    # How the processes torchrun started share the run (kdgen.training.parallel); one process by default.
     parallel: ParallelMode = field(default_factory=OneProcess)
 
     @classmethod
