@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 
 import torch
+from throughput import matmul_peak, step_flops, synthetic_config  # benchmarks/ is on sys.path when run as a script
 from torch.profiler import ProfilerActivity, profile
 
 from kdgen.data import load_bundle
-from kdgen.training.runtime import Runtime, resolve_device, resolve_precision
 from kdgen.models import build
-from kdgen.training.objective import GenerationObjective
 from kdgen.training.loop import freeze_teacher, train_generation
-from throughput import matmul_peak, step_flops, synthetic_config  # benchmarks/ is on sys.path when run as a script
+from kdgen.training.objective import GenerationObjective
+from kdgen.training.runtime import Runtime, resolve_device, resolve_precision
 
 
 def main() -> None:

@@ -37,11 +37,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdgen.config import build_config
 from kdgen.data import load_bundle
-from kdgen.training.runtime import Runtime, native_bf16, resolve_device, resolve_precision
-from kdgen.running.generations import GenerationsRunner
 from kdgen.models import build
-from kdgen.training.objective import GenerationObjective
+from kdgen.running.generations import GenerationsRunner
 from kdgen.training.loop import TrainHooks, freeze_teacher, train_generation
+from kdgen.training.objective import GenerationObjective
+from kdgen.training.runtime import Runtime, native_bf16, resolve_device, resolve_precision
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 ARCH = "resnet20"  # --model changes it, to see how the bounds move with width

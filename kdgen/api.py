@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from kdgen.config import Config
-from kdgen.data.base import AugmentSpec, SourceData, Split, make_bundle, DataBundle
+from kdgen.data.base import AugmentSpec, DataBundle, SourceData, Split, make_bundle
 from kdgen.errors import DataError
-from kdgen.reporting.tables import console_summary
 from kdgen.reporting.results import Results
+from kdgen.reporting.tables import console_summary
 from kdgen.running.run_folder import Row
 
 

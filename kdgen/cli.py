@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from kdgen.config import load_config
-    from kdgen.training.parallel import PeerLost
     from kdgen.running.runner import run_experiment
+    from kdgen.training.parallel import PeerLost
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
     if args.resume and args.out is not None and args.config is None:
@@ -212,9 +212,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from kdgen.reporting.tables import console_summary
     from kdgen.reporting.page import build_comparison, build_report
     from kdgen.reporting.results import Results
+    from kdgen.reporting.tables import console_summary
 
     if args.out is None and len(args.run_dirs) > 1:
         raise UserError("comparing several runs needs --out DIR, a new folder for the comparison page")

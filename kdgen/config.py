@@ -161,7 +161,8 @@ class RuntimeConfig(_Strict):
     # auto: bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16
     # or AMX), else fp32. Measured on the digits default: 2x faster, accuracy within seed noise
     # (README). An explicit bf16 on a CPU without native bf16 is warned about: it is emulated there.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # fp16: float16 autocast with a gradient scaler (GPUs without bf16); never chosen by auto.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # NHWC activations: oneDNN and cuDNN convolutions are faster in this layout (1.5x measured on
     # the 2-core CPU for the small CNN, more with bf16).
     channels_last: bool = True
@@ -175,6 +176,15 @@ class RuntimeConfig(_Strict):
     parallel: str = "none"
     # data mode: BatchNorm statistics over the whole global batch (as one process computes them).
     sync_batchnorm: bool = True
+    # Reproducible kernels where PyTorch has them (cuDNN deterministic, no autotuning, deterministic
+    # algorithms, warn where an op has none): equal results run to run on one GPU, at some speed (README
+    # "On GPUs"). CPU runs are deterministic either way. Off: cuDNN picks the fastest kernels.
+    deterministic: bool = False
+    # An unfinished unit's training state is saved after an epoch once this many seconds have passed since the
+    # last save (0: after every epoch), and always on a stop (SIGTERM, Ctrl-C): saving (a copy of the whole
+    # state to the host, fsynced) then costs a bounded share of the time on any device. A SIGKILL loses at most
+    # this much training; --resume gives the same results either way.
+    save_every_s: float = Field(30.0, ge=0.0)
 
     @field_validator("parallel")
     @classmethod

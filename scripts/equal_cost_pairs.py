@@ -15,8 +15,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from kdgen.reporting.equal_cost import equal_cost_points, run_config
 from kdgen.arms import sort_key as arm_sort_key
+from kdgen.reporting.equal_cost import equal_cost_points, run_config
 from kdgen.reporting.formatting import difference, markdown_table, p_value, text_table
 from kdgen.reporting.results import Results
 from kdgen.reporting.statistics import paired

@@ -22,12 +22,11 @@ from pathlib import Path
 import yaml
 
 from kdgen import arms
-from kdgen.checkpoint import read_json, write_json
+from kdgen.checkpoint import link, read_json, write_json
 from kdgen.errors import UserError
-from kdgen.running.generations import units
 from kdgen.reporting.page import build_report
+from kdgen.running.generations import units
 from kdgen.running.run_folder import check_new_out_dir, saved_config
-from kdgen.checkpoint import link
 from kdgen.running.unit_cache import unit_key
 
 

@@ -19,14 +19,13 @@ from collections import Counter
 from pathlib import Path
 
 from kdgen import arms
-from kdgen.checkpoint import read_json, write_json
+from kdgen.checkpoint import link, read_json, write_json
 from kdgen.data import load_bundle
 from kdgen.errors import UserError
-from kdgen.running.generations import GenerationsRunner, Unit
 from kdgen.models import build
 from kdgen.reporting.page import build_report
+from kdgen.running.generations import GenerationsRunner, Unit
 from kdgen.running.run_folder import check_new_out_dir, saved_config, write_config
-from kdgen.checkpoint import link
 
 
 def reevaluate(old: Path, new: Path) -> Counter:

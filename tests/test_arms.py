@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 
 import kdgen.running.generations as generations_module
 import kdgen.training.objective as objective_module
@@ -11,12 +12,10 @@ from kdgen import arms
 from kdgen.config import load_config
 from kdgen.data import load_bundle
 from kdgen.errors import ConfigError
-from kdgen.running.generations import GenerationsRunner
 from kdgen.models import build
+from kdgen.running.generations import GenerationsRunner
 from kdgen.running.runner import run_experiment
 from kdgen.training.loop import StopFlag, TrainingInterrupted
-
-from conftest import tiny_config
 
 
 def snapshot_config(**sections):

@@ -2,17 +2,16 @@
 
 import pytest
 import torch
+from conftest import tiny_config
 from torch import nn
 
 import kdgen.training.loop as train_module
 from kdgen.data import load_bundle
-from kdgen.training.fast import fold_batchnorm
 from kdgen.models import build
+from kdgen.training.fast import fold_batchnorm
+from kdgen.training.loop import freeze_teacher, train_generation
 from kdgen.training.objective import GenerationObjective
 from kdgen.training.runtime import Runtime
-from kdgen.training.loop import freeze_teacher, train_generation
-
-from conftest import tiny_config
 
 
 def trained_looking(model: nn.Module) -> nn.Module:

@@ -1,17 +1,16 @@
 """The generation bookkeeping bugs of public born-again code, each ruled out by a test."""
 
 import torch
+from conftest import tiny_config
 from torch import nn
 
 import kdgen.training.loop as train_module
 from kdgen import arms
 from kdgen.losses import top_score_difference
-from kdgen.running.generations import GenerationsRunner, Unit, units
 from kdgen.models import build
 from kdgen.reporting.results import Results
+from kdgen.running.generations import GenerationsRunner, Unit, units
 from kdgen.training.loop import freeze_teacher, train_generation
-
-from conftest import tiny_config
 
 
 class Recorder(nn.Module):
@@ -61,8 +60,9 @@ def test_teacher_is_a_separate_frozen_object_in_inference_mode_on_the_same_batch
 
 
 def test_train_generation_refuses_unfrozen_or_identical_teacher(tiny_cfg, tiny_data):
-    from kdgen.training.objective import GenerationObjective
     import pytest
+
+    from kdgen.training.objective import GenerationObjective
 
     model = build("cnn-tiny", 4, 1)
     objective = GenerationObjective.kd(0.5, 2.0)

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 import kdgen
-from kdgen.training.augment import Normalizer
 from kdgen.checkpoint import load_state, save_model
 from kdgen.cli import main
 from kdgen.config import load_config
 from kdgen.data import load_bundle
+from kdgen.training.augment import Normalizer
 from kdgen.training.metrics import predict_probs
 
 DATA = ["data.name=synthetic", "data.num_train=256", "data.num_test=24", "data.image_size=8", "data.channels=1",

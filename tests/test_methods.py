@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 from torch import nn
 
 from kdgen import arms, losses
@@ -16,11 +17,9 @@ from kdgen.errors import ConfigError
 from kdgen.methods import GenerationLoss, Step, StudentMethod
 from kdgen.methods.dkd import DecoupledKD
 from kdgen.models import build
-from kdgen.training.objective import GenerationObjective
-from kdgen.training.loop import TrainHooks, freeze_teacher, train_generation
 from kdgen.running.unit_cache import unit_settings
-
-from conftest import tiny_config
+from kdgen.training.loop import TrainHooks, freeze_teacher, train_generation
+from kdgen.training.objective import GenerationObjective
 
 STUDENT = torch.tensor([[2.0, -1.0, 0.5, 0.0], [0.3, 0.2, -0.4, 1.5], [-1.0, 2.5, 0.0, 0.7]])
 TEACHER = torch.tensor([[3.0, 0.0, 1.0, -1.0], [0.0, 0.5, -0.5, 2.5], [0.5, 1.5, 0.0, -0.5]])

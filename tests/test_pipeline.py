@@ -8,16 +8,15 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_config
 
 import kdgen
-from kdgen.training import runtime as runtime_module
 from kdgen.config import load_config
 from kdgen.errors import ConfigError, UserError
 from kdgen.losses import confidence_penalty, cross_entropy, label_smoothing_loss, top_score_difference
 from kdgen.models import build
 from kdgen.tolerance import METHODS
-
-from conftest import tiny_config
+from kdgen.training import runtime as runtime_module
 
 
 def api_data():
@@ -100,7 +99,6 @@ def test_tolerance_methods_have_their_own_parameters_and_terms():
 
 def test_label_smoothing_replaces_cross_entropy_with_its_weight():
     from kdgen import arms
-
     from kdgen.tolerance import LabelSmoothing
 
     cfg = tiny_config(distill={"weight": 0.6, "temperature": 2.0})

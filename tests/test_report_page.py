@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kdgen.cli import main
-from kdgen.training.metrics import calibration_bins
 from kdgen.reporting.results import Results
 from kdgen.reporting.verdict import finding, findings, headline
+from kdgen.training.metrics import calibration_bins
 
 TINY = ["data.name=synthetic", "data.num_train=128", "data.num_test=24", "data.image_size=8", "data.channels=1",
         "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=1", "train.batch_size=16", "seeds=[0,1,2]",

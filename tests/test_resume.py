@@ -9,17 +9,18 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from kdgen.checkpoint import load_state
 from kdgen.models import build
-from kdgen.training.objective import GenerationObjective
 from kdgen.training.loop import StopFlag, TrainHooks, TrainingInterrupted, train_generation
-
-from conftest import tiny_config
+from kdgen.training.objective import GenerationObjective
 
 TINY = ["data.name=synthetic", "data.num_train=640", "data.num_test=24", "data.image_size=8", "data.channels=1",
         "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=3", "train.batch_size=16", "seeds=[0]",
-        "generations.count=2", "tolerance.k=3", "--no-progress"]
+        "generations.count=2", "tolerance.k=3", "--no-progress",
+        # a state after every epoch (the default saves at most every 30 s): the kills below land between saves
+        "runtime.save_every_s=0"]
 
 
 def start(out, *extra):

@@ -95,9 +95,9 @@ def test_train_eval_sample_is_fixed_unaugmented_and_capped():
 
 
 def test_run_rows_include_the_train_split_and_patriarch_heatmaps(tmp_path):
+    from kdgen.checkpoint import read_json
     from kdgen.config import load_config
     from kdgen.running.runner import run_experiment
-    from kdgen.checkpoint import read_json
 
     cfg = load_config(None, ["data.name=synthetic", "data.num_train=96", "data.num_test=24", "data.image_size=8",
                              "data.channels=1", "data.num_classes=3", "model.name=cnn-tiny", "train.epochs=1",

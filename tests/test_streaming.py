@@ -4,15 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import tiny_config
 from PIL import Image
 
-from kdgen.training.batches import TrainBatches, eval_batches
 from kdgen.data import load_bundle
 from kdgen.data.base import AugmentSpec, StreamingSplit
-from kdgen.running.generations import GenerationsRunner
 from kdgen.models import build
-
-from conftest import tiny_config
+from kdgen.running.generations import GenerationsRunner
+from kdgen.training.batches import TrainBatches, eval_batches
 
 
 def make_folder(root: Path, per_class: int = 6) -> None:

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from kdgen.running import generations
 from kdgen.checkpoint import read_json, write_json
 from kdgen.config import load_config
+from kdgen.reporting.sweep_page import build_sweep_report
+from kdgen.running import generations
 from kdgen.running.runner import run_experiment
 from kdgen.running.sweep import run_sweep
 from kdgen.running.sweep_plan import grid_points, make_plan, parse_axis
-from kdgen.reporting.sweep_page import build_sweep_report
 from kdgen.running.unit_cache import UnitCache, unit_key
 
 TINY = ["data.name=synthetic", "data.num_train=96", "data.num_test=24", "data.image_size=8", "data.channels=1",
@@ -202,10 +202,10 @@ def test_run_with_units_shares_a_cache_from_the_command_line(tmp_path):
 def test_a_raised_code_revision_changes_the_keys_of_the_units_that_ran_that_code(monkeypatch):
     """A fix to a method, an arm or the loop raises its revision: units trained before are not reused after it.
     Revisions of 1 add nothing, so caches written before revisions existed keep their keys."""
+    import kdgen.running.unit_cache as unit_cache
     from kdgen.arms.born_again import Strict
     from kdgen.methods.kd import KDSettings
     from kdgen.tolerance import METHODS
-    import kdgen.running.unit_cache as unit_cache
 
     base = cfg("tolerance.eta=0.1")
     units = [(arm, g) for arm in ("baseline", "strict", "tolerant") for g in (0, 1)]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from kdgen.training.objective import GenerationObjective
 from kdgen.tolerance import ToleranceTerm
+from kdgen.training.objective import GenerationObjective
 
 if TYPE_CHECKING:  # the config imports this package: no import cycle at run time
     from kdgen.config import Config, TrainConfig

@@ -8,8 +8,8 @@ classes and 0.28M for 100.
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from kdgen.models import he_init, register
 

@@ -10,8 +10,8 @@ Adaptive pooling lets any input of at least 32x32 through (the trunk downsamples
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from kdgen.models import he_init, register
 

@@ -11,8 +11,8 @@ Dropout between the two convolutions of a block is 0 by default.
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from kdgen.models import he_init, register
 

@@ -15,8 +15,8 @@ from typing import Union
 
 from kdgen.checkpoint import write_json
 from kdgen.reporting.formatting import markdown_table
-from kdgen.reporting.tables import diff_table, gains_table, secondary_table, summary_table, trend_table
 from kdgen.reporting.results import Results, format_cell
+from kdgen.reporting.tables import diff_table, gains_table, secondary_table, summary_table, trend_table
 
 # ("h2", text) | ("p", text) | ("ul", [items]) | ("table", caption, header, body) | ("img", path)
 Block = Union[tuple[str, str], tuple[str, list[str]], tuple[str, str, list[str], list[list[str]]], tuple[str, Path]]
@@ -151,7 +151,8 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
     """Write ``report.md``, self-contained ``report.html``, ``summary.json``, ``best.json`` and ``plots/*.png``
     (``results``: the run's, when the caller has them already; else read from ``run_dir``)."""
     from kdgen.reporting.equal_cost import equal_cost_points, equal_cost_table, run_config
-    from kdgen.reporting.plots import accuracy_confidence_plot, calibration_plots, equal_cost_plot, metric_plot, patriarch_heatmaps
+    from kdgen.reporting.plots import (accuracy_confidence_plot, calibration_plots, equal_cost_plot, metric_plot,
+                                       patriarch_heatmaps)
 
     run_dir = Path(run_dir)
     results = Results.load(run_dir) if results is None else results

@@ -20,19 +20,19 @@ from tqdm.auto import tqdm
 
 from kdgen import arms
 from kdgen.arms import Arm
-from kdgen.training.augment import Normalizer
-from kdgen.training.batches import steps_per_epoch
 from kdgen.checkpoint import load_model
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
 from kdgen.running.inference import example_shape
+from kdgen.running.run_folder import Row, RunFolder, unit_name
+from kdgen.running.unit_cache import CachedUnit, UnitCache
+from kdgen.training.augment import Normalizer
+from kdgen.training.batches import steps_per_epoch
+from kdgen.training.loop import EpochLog, StopFlag, TrainHooks, freeze_teacher, train_generation
 from kdgen.training.metrics import calibration_bins, classification_metrics, predict_probs, soft_confusion
 from kdgen.training.resume import EpochState
-from kdgen.running.run_folder import Row, RunFolder, unit_name
 from kdgen.training.runtime import Runtime
-from kdgen.training.loop import EpochLog, StopFlag, TrainHooks, freeze_teacher, train_generation
-from kdgen.running.unit_cache import CachedUnit, UnitCache
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -276,7 +276,8 @@ class GenerationsRunner:
 
         hooks = TrainHooks(where=f"arm {unit.arm}, seed {unit.seed}, generation {generation}",
                            on_step=(lambda: bar.update(1)) if bar is not None else None, on_epoch=on_epoch,
-                           on_state=on_state if self.folder is not None else None, stop=self.stop)
+                           on_state=on_state if self.folder is not None else None, stop=self.stop,
+                           state_every_s=self.runtime.save_every_s)
         train_generation(student, self.data, arm.recipe(generation), arm.objective(generation), self.runtime, hooks,
                          seed=unit.stream_seed, teacher=[models[t] for t in arm.teachers(generation)],
                          resume_from=resume_from)

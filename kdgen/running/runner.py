@@ -15,21 +15,21 @@ from typing import Any, Callable, TypeVar
 from torch import nn
 
 from kdgen import arms
-from kdgen.training.batches import check_share
 from kdgen.checkpoint import write_json
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
-from kdgen.running.generations import GenerationsRunner, units
-from kdgen.training.parallel import ParallelMode, PeerLost, is_peer_lost, peer_failure_summary
-from kdgen.reporting.tables import console_summary
 from kdgen.reporting.page import build_report
 from kdgen.reporting.results import Results
+from kdgen.reporting.tables import console_summary
+from kdgen.running.generations import GenerationsRunner, units
 from kdgen.running.run_folder import (Row, RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
-                              saved_config, write_config)
-from kdgen.training.runtime import Runtime
-from kdgen.training.loop import StopFlag, TrainingInterrupted
+                                      saved_config, write_config)
 from kdgen.running.unit_cache import UnitCache
+from kdgen.training.batches import check_share
+from kdgen.training.loop import StopFlag, TrainingInterrupted
+from kdgen.training.parallel import ParallelMode, PeerLost, is_peer_lost, peer_failure_summary
+from kdgen.training.runtime import Runtime
 
 # Settings that do not change what is computed: they may differ when resuming.
 NOT_COMPARED_ON_RESUME = ("log.", "runtime.")

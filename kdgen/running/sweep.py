@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import UserError
+from kdgen.reporting.sweep_page import build_sweep_report
 from kdgen.running.run_folder import check_new_out_dir, make_out_dir
 from kdgen.running.runner import run_experiment
 from kdgen.running.sweep_plan import SweepPlan
-from kdgen.reporting.sweep_page import build_sweep_report
 from kdgen.running.unit_cache import UnitCache
 
 if TYPE_CHECKING:

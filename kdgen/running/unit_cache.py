@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ from kdgen.config import Config
 from kdgen.running.run_folder import Row
 from kdgen.training.loop import REVISION as train_revision
 
-# Runtime settings that never change a unit's result.
-COSMETIC_RUNTIME = {"compile", "workers", "parallel", "sync_batchnorm"}
+# Runtime settings that never change a unit's result beyond float rounding (compile and deterministic pick other
+# kernels for the same maths), or that only say how often it is saved.
+COSMETIC_RUNTIME = {"compile", "workers", "parallel", "sync_batchnorm", "deterministic", "save_every_s"}
 
 
 def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str, Any]:

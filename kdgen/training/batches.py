@@ -13,9 +13,9 @@ from typing import Iterator
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from kdgen.training.augment import augment
 from kdgen.data.base import AnySplit, AugmentSpec, Split
 from kdgen.errors import ConfigError
+from kdgen.training.augment import augment
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

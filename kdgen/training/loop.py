@@ -14,19 +14,20 @@ state capture for exact resume, stop requests) and :mod:`kdgen.training.resume` 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from kdgen.training.augment import Normalizer
-from kdgen.training.batches import TrainBatches
 from kdgen.config import TrainConfig
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
-from kdgen.training.fast import check_compile_supported, fold_batchnorm, maybe_compile
 from kdgen.methods import GenerationLoss, Progress, Step
+from kdgen.training.augment import Normalizer
+from kdgen.training.batches import TrainBatches
+from kdgen.training.fast import check_compile_supported, fold_batchnorm, maybe_compile
 from kdgen.training.resume import EpochState, capture, restore
 from kdgen.training.runtime import Runtime
 
@@ -71,8 +72,9 @@ class TrainHooks:
 
     ``where`` names the unit in messages. ``on_step`` runs after every optimizer step (a progress
     bar; it must not read tensors, which would sync the device). ``on_epoch`` gets each epoch's log.
-    ``on_state`` receives the full training state after every epoch, and at a requested stop (the
-    caller saves it: exact resume). ``stop`` is checked before every step; a stop needs ``on_state``.
+    ``on_state`` receives the full training state after an epoch once ``state_every_s`` seconds have passed
+    since it last did (0: after every epoch), and always at a requested stop (the caller saves it: exact
+    resume). ``stop`` is checked before every step; a stop needs ``on_state``.
     """
 
     where: str = ""
@@ -80,6 +82,23 @@ class TrainHooks:
     on_epoch: Callable[["EpochLog"], None] | None = None
     on_state: Callable[[EpochState], None] | None = None
     stop: StopFlag | None = None
+    state_every_s: float = 0.0
+
+
+class StateCadence:
+    """Whether an epoch's end is due to hand its state to ``on_state``: once ``every_s`` seconds have passed
+    since the last time (0: every epoch). Capturing a state copies every tensor to the host; on a fast
+    device that would otherwise dominate short epochs."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s, self.last = every_s, time.monotonic()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return False
+        self.last = now
+        return True
 
 
 @dataclass
@@ -171,10 +190,6 @@ class Placement:
         device, self.memory_format = runtime.device, runtime.memory_format
         model.to(device, memory_format=self.memory_format).train()
         loss.to(device)
-        if device.type == "cuda":
-            # Shapes are fixed within a run (full batches only), so cuDNN's one-off search for the fastest
-            # convolution algorithms pays back many times.
-            torch.backends.cudnn.benchmark = True
         if runtime.compile:
             check_compile_supported(device)
         if runtime.parallel.splits_batches and any(p.requires_grad for p in loss.parameters()):
@@ -193,6 +208,8 @@ class Placement:
                 self.teacher_tap = FeatureTap(runnable, loss.features)
         self.normalize = Normalizer(data.mean, data.std, device)
         self.autocast = runtime.autocast()
+        self.kernels = runtime.kernels()  # cuDNN and determinism settings, for this generation's steps only
+        self.kernels.__enter__()
 
     def step(self, images: torch.Tensor, targets: torch.Tensor, progress: Progress) -> Step:
         """Normalise, run the frozen teacher and the student, and collect what the loss asked for."""
@@ -216,6 +233,7 @@ class Placement:
             if tap is not None:
                 tap.remove()
         self.end_parallel()
+        self.kernels.__exit__(None, None, None)
 
     def __enter__(self) -> "Placement":
         return self
@@ -288,16 +306,19 @@ def train_generation(
         steps = len(batches)
         optimizer = make_optimizer(model, recipe, objective)
         schedule = make_schedule(optimizer, recipe, steps)
+        scaler = runtime.grad_scaler()
         result, start_epoch, skip_steps = TrainResult(), 0, 0
         if resume_from is not None:
-            restore(resume_from, model, optimizer, schedule, generator, objective)
+            restore(resume_from, model, optimizer, schedule, generator, objective, runtime.device, scaler)
             start_epoch, skip_steps = resume_from.epoch, resume_from.step
             result.history = [EpochLog(**h) for h in resume_from.history]
 
         def state(epoch: int, generator_state: torch.Tensor, **mid_epoch: object) -> EpochState:
             return capture(hooks.where, epoch, model, optimizer, schedule, generator_state, result.history,
-                           loss_module=objective, **mid_epoch)  # type: ignore[arg-type]
+                           loss_module=objective, device=runtime.device, scaler=scaler,
+                           **mid_epoch)  # type: ignore[arg-type]
 
+        cadence = StateCadence(hooks.state_every_s)
         for epoch in range(start_epoch, recipe.epochs):
             epoch_generator_state = generator.get_state().clone()
             tally = EpochTally(runtime.device, resume_from if skip_steps else None)
@@ -314,8 +335,13 @@ def train_generation(
                 terms = objective(placement.step(images, targets, progress))
                 loss = sum(terms.values())
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:  # fp16: a step whose scaled gradients overflowed is skipped and the scale lowered
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 schedule.step()
                 tally.add(terms, loss, step)
                 if hooks.on_step is not None:
@@ -324,7 +350,7 @@ def train_generation(
             log = EpochLog(epoch=epoch + 1, lr=lr, losses=tally.close(runtime, epoch, steps, hooks.where))
             result.steps += steps
             result.history.append(log)
-            if hooks.on_state is not None:
+            if hooks.on_state is not None and cadence.due():
                 hooks.on_state(state(epoch + 1, generator.get_state()))
             if hooks.on_epoch is not None:
                 hooks.on_epoch(log)

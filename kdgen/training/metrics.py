@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdgen.data.base import AnySplit
 from kdgen.training.augment import Normalizer
 from kdgen.training.batches import eval_batches
-from kdgen.data.base import AnySplit
-from kdgen.training.runtime import memory_format, resolve_precision
 from kdgen.training.fast import fold_batchnorm
+from kdgen.training.runtime import memory_format, resolve_precision
 
 ECE_BINS = 15
 

@@ -241,6 +241,7 @@ class DataParallel(_Shared):
     name = "data"
     splits_batches = True
     description = "every model is trained by all processes (DistributedDataParallel), each on a share of every batch"
+    _vote: tuple[dist.Work, torch.Tensor] | None = None  # the stop vote in flight (any_stop)
 
     @property
     def writes_units(self) -> bool:
@@ -254,7 +255,8 @@ class DataParallel(_Shared):
         from kdgen.training import sync_batchnorm
 
         if self.sync_batchnorm:
-            sync_batchnorm.convert(model)  # statistics over the whole global batch, as in one process
+            # statistics over the whole global batch, as in one process (nn.SyncBatchNorm on CUDA)
+            sync_batchnorm.convert(model, device=self.device)
         # A 1-channel first conv's weight gradient is equally valid in either stride layout; DDP warns
         # that it does not match its bucket's. Harmless (one copy), and noise on every run of grey images.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -267,11 +269,25 @@ class DataParallel(_Shared):
         return self.rank, self.world_size
 
     def any_stop(self, requested: bool) -> bool:
+        """The vote cast one step earlier, read now: it travelled over the gloo control group in the background
+        while that step ran, so no step waits for a round trip (and none reads the device). Every process
+        reads the same vote at the same step, so they all stop together, one step after the request."""
         if self.control is None:
             return requested
+        decided = False
+        if self._vote is not None:
+            work, flag = self._vote
+            work.wait()
+            decided = bool(flag.item())  # a CPU tensor: no device sync
         flag = torch.tensor([int(requested)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.control)
-        return bool(flag.item())
+        self._vote = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.control, async_op=True), flag)
+        return decided
+
+    def close(self) -> None:
+        if self._vote is not None:
+            self._vote[0].wait()  # every process cast the same votes: the last one completes everywhere
+            self._vote = None
+        super().close()
 
     def epoch_totals(self, sums: dict[str, torch.Tensor], first_bad: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         if self.control is None:
@@ -311,6 +327,18 @@ def shard(split: object, start: int, stop: int) -> object:
     return replace(split, samples=split.samples[start:stop])  # type: ignore[type-var]
 
 
+def gpu_for(mode: str, place: Place, gpus: int) -> int:
+    """The GPU of this process: its local rank, round-robin when a node runs more processes than it has GPUs
+    (chains mode: several small models per GPU keep it busy). Data mode needs a GPU per process (NCCL)."""
+    if gpus < 1:
+        raise UserError("runtime.device is 'cuda' but no CUDA device is available")
+    if mode == "data" and place.local_world_size > gpus:
+        raise ConfigError(f"runtime.parallel=data needs one GPU per process: torchrun started "
+                          f"{place.local_world_size} processes on a node with {gpus} GPU{'s' if gpus > 1 else ''}; "
+                          "start at most that many, or use runtime.parallel=chains")
+    return place.local_rank % gpus
+
+
 def start(mode: str, device_name: str = "auto", *, sync_batchnorm: bool = True) -> ParallelMode:
     """Join the processes torchrun started (if any) and return this process's ``runtime.parallel`` mode.
 
@@ -324,7 +352,7 @@ def start(mode: str, device_name: str = "auto", *, sync_batchnorm: bool = True) 
         raise ConfigError(f"torchrun started {place.world_size} processes but runtime.parallel is 'none'; "
                           "set runtime.parallel=chains (many models) or runtime.parallel=data (one model over all)")
     use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", place.local_rank) if use_cuda else torch.device("cpu")
+    device = torch.device("cuda", gpu_for(mode, place, torch.cuda.device_count())) if use_cuda else torch.device("cpu")
     if use_cuda and place.world_size > 1:
         torch.cuda.set_device(device)
     if "OMP_NUM_THREADS" not in os.environ and place.local_world_size > 1:

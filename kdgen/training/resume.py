@@ -47,13 +47,19 @@ class EpochState:
     first_bad_step: int = -1
     # The state of the generation's loss module, when it owns parameters or buffers (a method's head).
     loss_module: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The training device's default CUDA generator (dropout, CUDA-side random ops), when it ran on a GPU.
+    cuda_rng: torch.Tensor | None = None
+    # fp16's gradient scaler (its scale and growth tracker), when the unit trains in fp16.
+    scaler: dict[str, Any] = field(default_factory=dict)
 
 
 def capture(unit: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
             schedule: torch.optim.lr_scheduler.LRScheduler, generator_state: torch.Tensor,
             history: list[Any], *, step: int = 0, loss_sums: dict[str, torch.Tensor] | None = None,
-            first_bad_step: int = -1, loss_module: nn.Module | None = None) -> EpochState:
-    """Snapshot (copies, on the CPU) of everything that determines the rest of the training."""
+            first_bad_step: int = -1, loss_module: nn.Module | None = None,
+            device: torch.device = torch.device("cpu"), scaler: torch.amp.GradScaler | None = None) -> EpochState:
+    """Snapshot (copies, on the CPU) of everything that determines the rest of the training, the random
+    generators included: the batch generator, the CPU's default one and, on a GPU, ``device``'s."""
     return EpochState(
         unit=unit, epoch=epoch,
         model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -65,13 +71,17 @@ def capture(unit: str, epoch: int, model: nn.Module, optimizer: torch.optim.Opti
         first_bad_step=first_bad_step,
         loss_module=({k: v.detach().cpu().clone() for k, v in loss_module.state_dict().items()}
                      if loss_module is not None else {}),
+        cuda_rng=torch.cuda.get_rng_state(device).clone() if device.type == "cuda" else None,
+        scaler=dict(scaler.state_dict()) if scaler is not None else {},
     )
 
 
 def restore(state: EpochState, model: nn.Module, optimizer: torch.optim.Optimizer,
             schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
-            loss_module: nn.Module | None = None) -> None:
-    """Load ``state`` into freshly built training objects."""
+            loss_module: nn.Module | None = None, device: torch.device = torch.device("cpu"),
+            scaler: torch.amp.GradScaler | None = None) -> None:
+    """Load ``state`` into freshly built training objects and the random generators. A CUDA generator's state
+    is restored on a GPU only (a run may resume on another device; its CUDA-side draws then differ)."""
     model.load_state_dict(state.model)
     if loss_module is not None and state.loss_module:
         loss_module.load_state_dict(state.loss_module)
@@ -79,6 +89,10 @@ def restore(state: EpochState, model: nn.Module, optimizer: torch.optim.Optimize
     schedule.load_state_dict({**schedule.state_dict(), **state.schedule})
     generator.set_state(state.generator)
     torch.set_rng_state(state.torch_rng)
+    if state.cuda_rng is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda_rng, device)
+    if scaler is not None and state.scaler:
+        scaler.load_state_dict(state.scaler)
 
 
 def save_state(path: Path, state: EpochState) -> None:
@@ -93,12 +107,14 @@ def save_state(path: Path, state: EpochState) -> None:
                 optim_meta.setdefault(str(index), {})[key] = value
     tensors["rng.generator"] = state.generator
     tensors["rng.torch"] = state.torch_rng
+    if state.cuda_rng is not None:
+        tensors["rng.cuda"] = state.cuda_rng
     tensors.update({f"sums.{k}": v.reshape(()).contiguous() for k, v in state.loss_sums.items()})
     tensors.update({f"loss.{k}": v.contiguous() for k, v in state.loss_module.items()})
     meta = {"format": FORMAT, "unit": state.unit, "epoch": state.epoch, "step": state.step,
             "first_bad_step": state.first_bad_step,
             "param_groups": state.optimizer["param_groups"], "optimizer_scalars": optim_meta,
-            "schedule": state.schedule, "history": state.history}
+            "schedule": state.schedule, "history": state.history, "scaler": state.scaler}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kdgen": json.dumps(meta)}))
 
 
@@ -126,4 +142,5 @@ def load_state(path: Path) -> EpochState:
         history=meta["history"], step=int(meta.get("step", 0)), first_bad_step=int(meta.get("first_bad_step", -1)),
         loss_sums={k.removeprefix("sums."): v for k, v in tensors.items() if k.startswith("sums.")},
         loss_module={k.removeprefix("loss."): v for k, v in tensors.items() if k.startswith("loss.")},
+        cuda_rng=tensors.get("rng.cuda"), scaler=meta.get("scaler") or {},
     )

@@ -7,10 +7,11 @@ is computed (beyond float rounding), so a run may be resumed under a different r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -77,10 +78,12 @@ class Runtime:
     """Resolved runtime settings, handed to the training loop and to evaluation."""
 
     device: torch.device = torch.device("cpu")
-    precision: str = "fp32"  # "fp32" or "bf16", already resolved
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16", already resolved
     channels_last: bool = True
     compile: bool = False
     workers: int = 0
+    deterministic: bool = False
+    save_every_s: float = 0.0  # how often an unfinished unit's training state is saved (see the config)
     # How the processes torchrun started share the run (kdgen.training.parallel); one process by default.
     parallel: ParallelMode = field(default_factory=OneProcess)
 
@@ -97,12 +100,42 @@ class Runtime:
             warn_if_emulated(runtime_cfg.precision, device)
         return cls(device=device, precision=resolve_precision(runtime_cfg.precision, device),
                    channels_last=runtime_cfg.channels_last, compile=runtime_cfg.compile, workers=runtime_cfg.workers,
+                   deterministic=runtime_cfg.deterministic, save_every_s=runtime_cfg.save_every_s,
                    parallel=parallel if parallel is not None else OneProcess())
 
     @property
     def memory_format(self) -> torch.memory_format:
         return memory_format(self.channels_last)
 
+    @contextlib.contextmanager
+    def kernels(self) -> Iterator[None]:
+        """The kernel choices of kdgen's own training, restored afterwards (a user's process keeps its own).
+
+        Deterministic: cuDNN's deterministic kernels without autotuning, and PyTorch's deterministic
+        algorithms (a warning, not an error, for an op that has none). Otherwise, on CUDA, cuDNN autotuning:
+        shapes are fixed within a run (full batches only), so its one-off search pays back many times.
+        """
+        cudnn = torch.backends.cudnn
+        before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+                  torch.is_deterministic_algorithms_warn_only_enabled())
+        if self.deterministic:
+            # cuBLAS needs a fixed workspace for reproducible matrix products; read when CUDA starts.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            cudnn.benchmark, cudnn.deterministic = False, True
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        elif self.device.type == "cuda":
+            cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            cudnn.benchmark, cudnn.deterministic = before[0], before[1]
+            torch.use_deterministic_algorithms(before[2], warn_only=before[3])
+
     def autocast(self) -> torch.autocast:
-        """bf16 autocast when ``precision`` is bf16, a disabled one otherwise."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        """bf16 or fp16 autocast when ``precision`` asks for it, a disabled one otherwise."""
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in ("bf16", "fp16"))
+
+    def grad_scaler(self) -> "torch.amp.GradScaler | None":
+        """fp16 needs its loss scaled (small gradients would underflow to zero); None for fp32 and bf16."""
+        return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None

@@ -79,20 +79,41 @@ class CrossRankBatchNorm(_BatchNorm):
         return out.to(input.dtype)
 
 
-def convert(model: nn.Module, group: dist.ProcessGroup | None = None) -> nn.Module:
-    """Replace every BatchNorm of ``model`` (in place) by a :class:`CrossRankBatchNorm`; returns ``model``."""
+def torch_sync_batchnorm(device: torch.device) -> bool:
+    """Whether ``device`` gets PyTorch's ``nn.SyncBatchNorm`` (CUDA: fused kernels, the standard) rather than
+    :class:`CrossRankBatchNorm` (everywhere ``nn.SyncBatchNorm`` refuses to run, e.g. the CPU)."""
+    return device.type == "cuda"
+
+
+def _torch_sync(original: _BatchNorm, group: dist.ProcessGroup | None) -> nn.SyncBatchNorm:
+    """An ``nn.SyncBatchNorm`` holding ``original``'s parameters and running buffers (the same objects)."""
+    sync = nn.SyncBatchNorm(original.num_features, original.eps, original.momentum, original.affine,
+                            original.track_running_stats, process_group=group)
+    sync.weight, sync.bias = original.weight, original.bias
+    sync.running_mean, sync.running_var = original.running_mean, original.running_var
+    sync.num_batches_tracked = original.num_batches_tracked
+    sync.original_class = type(original)  # what revert() puts back
+    sync.train(original.training)
+    return sync
+
+
+def convert(model: nn.Module, group: dist.ProcessGroup | None = None, *,
+            device: torch.device = torch.device("cpu")) -> nn.Module:
+    """Replace every BatchNorm of ``model`` (in place) by a cross-rank one, sharing its tensors: ``nn.SyncBatchNorm``
+    on CUDA, :class:`CrossRankBatchNorm` elsewhere (:func:`torch_sync_batchnorm`); returns ``model``."""
     for name, child in model.named_children():
-        if isinstance(child, _BatchNorm) and not isinstance(child, CrossRankBatchNorm):
-            setattr(model, name, CrossRankBatchNorm(child, group))
+        if isinstance(child, _BatchNorm) and not isinstance(child, (CrossRankBatchNorm, nn.SyncBatchNorm)):
+            setattr(model, name, _torch_sync(child, group) if torch_sync_batchnorm(device)
+                    else CrossRankBatchNorm(child, group))
         else:
-            convert(child, group)
+            convert(child, group, device=device)
     return model
 
 
 def revert(model: nn.Module) -> nn.Module:
     """Undo :func:`convert` (in place): plain BatchNorm modules holding the same tensors; returns ``model``."""
     for name, child in model.named_children():
-        if isinstance(child, CrossRankBatchNorm):
+        if isinstance(child, (CrossRankBatchNorm, nn.SyncBatchNorm)) and hasattr(child, "original_class"):
             plain = child.original_class(child.num_features, child.eps, child.momentum, child.affine,
                                          child.track_running_stats)
             plain.weight, plain.bias = child.weight, child.bias
