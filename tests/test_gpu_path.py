@@ -163,3 +163,35 @@ def test_a_teacher_frozen_for_the_gpu_path_stays_frozen(tiny_cfg, tiny_data):
     train_generation(build("cnn-tiny", 4, 1), tiny_data, tiny_cfg.train, GenerationObjective.kd(0.5, 2.0),
                      Runtime(deterministic=True), seed=0, teacher=teacher)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_evaluation_data_stays_on_the_device_for_the_run_where_it_fits(monkeypatch):
+    from kdgen.data.base import Split, fits_on
+
+    split = Split(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10))
+    assert split.on(torch.device("cpu"))[0] is split.images  # nothing is copied on the CPU
+    meta = torch.device("meta")  # an accelerator stand-in: tensors move there without memory
+    first = split.on(meta)
+    assert first[0].device.type == "meta" and split.on(meta)[0] is first[0]  # copied once, then kept
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 8000))
+    assert fits_on(250, torch.device("cuda", 0)) and not fits_on(251, torch.device("cuda", 0))
+
+
+def test_gpu_check_says_in_one_line_that_there_is_no_gpu_and_judges_parity_by_the_seed_spread():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.count("\n") == 1 and "no CUDA GPU" in done.stdout, done.stderr
+    sys.path.insert(0, str(script.parent))
+    from gpu_check import parity
+
+    def rows(offset):
+        return [{"arm": "strict", "generation": 1, "kind": "single", "seed": s, "split": "test", "top1": 80.0 + s + offset}
+                for s in range(3)]
+
+    gap, spread = parity(rows(0.25), rows(0.0))
+    # the cell pools both runs' seeds: 80, 81, 82 and 80.25, 81.25, 82.25 have a sample std of 0.905
+    assert gap == pytest.approx(0.25) and spread == pytest.approx(0.905, abs=1e-3)

@@ -41,6 +41,9 @@ class Split:
 
     images: torch.Tensor
     labels: torch.Tensor
+    # Copies on other devices, kept for the run: every unit's evaluation reads every split again.
+    _copies: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False,
+                                                                   compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -55,6 +58,27 @@ class Split:
 
     def subset(self, index: torch.Tensor) -> "Split":
         return Split(self.images[index], self.labels[index])
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels on ``device``: on the CPU the split's own tensors; on an accelerator a copy made
+        once and kept, where it fits (:func:`fits_on`), else the CPU tensors (then moved batch by batch)."""
+        if device.type == "cpu":
+            return self.images, self.labels
+        key = str(device)
+        if key not in self._copies:
+            if not fits_on(self.images.nbytes + self.labels.nbytes, device):
+                return self.images, self.labels
+            self._copies[key] = (self.images.to(device), self.labels.to(device))
+        return self._copies[key]
+
+
+def fits_on(nbytes: int, device: torch.device, share: float = 0.25) -> bool:
+    """Whether ``nbytes`` take at most ``share`` of ``device``'s free memory (a GPU's, as CUDA reports it; other
+    accelerators are assumed to have room): evaluation data stays resident only where training keeps its room."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return nbytes <= share * free
+    return True
 
 
 @dataclass

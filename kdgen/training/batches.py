@@ -103,9 +103,10 @@ class _Share:
 def eval_batches(split: AnySplit, batch_size: int, device: torch.device, workers: int = 0) -> Iterator[Batch]:
     """The split in its stored order, without augmentation."""
     if isinstance(split, Split):
+        images, labels = split.on(device)  # resident on the device for the whole run where it fits
         for start in range(0, len(split), batch_size):
-            yield (split.images[start:start + batch_size].to(device, non_blocking=True),
-                   split.labels[start:start + batch_size].to(device, non_blocking=True))
+            yield (images[start:start + batch_size].to(device, non_blocking=True),
+                   labels[start:start + batch_size].to(device, non_blocking=True))
         return
     loader = DataLoader(split.for_eval().dataset(), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")

@@ -29,8 +29,9 @@ def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, 
     folded = fold_batchnorm(model)
     layout = memory_format(channels_last)
     outputs = []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=resolve_precision(precision, device) == "bf16")
+    resolved = resolve_precision(precision, device)
+    autocast = torch.autocast(device.type, dtype=torch.float16 if resolved == "fp16" else torch.bfloat16,
+                              enabled=resolved in ("bf16", "fp16"))
     for images, _ in eval_batches(split, batch_size, device, workers):
         with autocast:
             logits = folded(normalizer(images).contiguous(memory_format=layout))
