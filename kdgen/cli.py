@@ -156,15 +156,22 @@ def _run(args: argparse.Namespace) -> int:
             cache = UnitCache(args.units)
         run_experiment(cfg, out, resume=args.resume, unit_cache=cache, stop=stop)
     except (KeyboardInterrupt, PeerLost) as exc:
-        where = f" --out {out}" if out is not None else ""
-        if _rank() == 0:  # under torchrun every process stops; one line says so
-            how = "the same torchrun command plus" if "RANK" in os.environ else "kdgen run"
-            what = f"error: {exc}" if isinstance(exc, PeerLost) else "interrupted; the training state is saved"
-            print(f"kdgen: {what}: continue with {how} --resume{where}", file=sys.stderr)
+        _say_how_to_resume(exc, "kdgen run --resume" + (f" --out {out}" if out is not None else ""))
         return 1 if isinstance(exc, PeerLost) else 130
     finally:
         restore_handlers()
     return 0
+
+
+def _say_how_to_resume(exc: BaseException, how: str) -> None:
+    """One line (from rank 0 under torchrun, where every process stops) on how to continue a stopped run."""
+    from kdgen.training.parallel import PeerLost
+
+    if _rank() == 0:
+        if "RANK" in os.environ:
+            how = "the same torchrun command plus --resume"
+        what = f"error: {exc}" if isinstance(exc, PeerLost) else "interrupted; the training state is saved"
+        print(f"kdgen: {what}: continue with {how}", file=sys.stderr)
 
 
 def _stop_on_signals() -> tuple["StopFlag", Callable[[], None]]:
@@ -195,17 +202,16 @@ def _sweep(args: argparse.Namespace) -> int:
     from kdgen.running.sweep import run_sweep
     from kdgen.running.sweep_plan import make_plan
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        raise UserError("kdgen sweep runs in one process; under torchrun, use kdgen run (runtime.parallel=chains) "
-                        "per point, or run sweeps side by side sharing --units")
+    from kdgen.training.parallel import PeerLost
+
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
     plan = make_plan(args.config, args.grid, overrides, args.select, args.reference)
     stop, restore_handlers = _stop_on_signals()
     try:
         run_sweep(plan, args.out, resume=args.resume, units=args.units, stop=stop)
-    except KeyboardInterrupt:
-        print("kdgen: interrupted; continue with the same command plus --resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, PeerLost) as exc:
+        _say_how_to_resume(exc, "the same command plus --resume")
+        return 1 if isinstance(exc, PeerLost) else 130
     finally:
         restore_handlers()
     return 0

@@ -228,3 +228,41 @@ def test_a_raised_code_revision_changes_the_keys_of_the_units_that_ran_that_code
     monkeypatch.setattr(unit_cache, "train_revision", 2)
     assert changed() == set(units)
     assert unit_cache.unit_settings(base, "baseline", 0, 0)["code"] == {"train": 2}
+
+
+@pytest.mark.slow
+def test_torchrun_sweep_equals_one_process_and_a_killed_worker_resumes_to_the_same(tmp_path):
+    """Two processes share every point's chains; a worker killed mid-sweep, then --resume with one process,
+    ends with the rows and summary of an uninterrupted one-process sweep (equal threads: one each)."""
+    import os
+    import signal
+    import time
+
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    grid = ["--grid", "tolerance.eta=0.3,0.6", "train.epochs=3", "data.num_train=192"]
+
+    def sweep(out, *launcher, extra=()):
+        return subprocess.Popen([sys.executable, *launcher, "-m", "kdgen", "sweep", "--out", str(out), *grid, *TINY,
+                                 *extra], env=one_thread, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    alone = sweep(tmp_path / "alone")
+    assert alone.wait(timeout=300) == 0, alone.stderr.read()
+    together = sweep(tmp_path / "together", *torchrun)
+    assert together.wait(timeout=300) == 0, together.stderr.read()
+    killed = sweep(tmp_path / "killed", *torchrun)
+    units = tmp_path / "killed" / "units"
+    deadline = time.time() + 120  # once the first unit is in the cache, kill one worker (not torchrun)
+    while not (units.is_dir() and any(units.glob("*/record.json"))) and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.02)
+    workers = subprocess.run(["pgrep", "-f", f"kdgen sweep --out {tmp_path / 'killed'}"], capture_output=True,
+                             text=True).stdout.split()
+    os.kill(int(max(workers, key=int)), signal.SIGKILL)  # the last started: a worker
+    assert killed.wait(timeout=120) != 0
+    resumed = sweep(tmp_path / "killed", extra=["--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    for out in ("together", "killed"):
+        assert (tmp_path / out / "sweep_summary.json").read_bytes() == (tmp_path / "alone" / "sweep_summary.json").read_bytes()
+        for point in (tmp_path / "alone" / "runs").iterdir():
+            assert read_json(tmp_path / out / "runs" / point.name / "results.json")["rows"] == \
+                read_json(point / "results.json")["rows"], (out, point.name)

@@ -37,11 +37,11 @@ ORIGIN_CLI, ORIGIN_API = "kdgen run", "kdgen.train_generations"
 T = TypeVar("T")
 
 
-def start_parallel(runtime_cfg: Any) -> ParallelMode:
-    """This process's ``runtime.parallel`` mode, joined with the others torchrun started."""
+def start_parallel(runtime_cfg: Any, mode: str | None = None) -> ParallelMode:
+    """This process's ``runtime.parallel`` mode (or ``mode``), joined with the others torchrun started."""
     from kdgen.training import parallel
 
-    return parallel.start(runtime_cfg.parallel, runtime_cfg.device, sync_batchnorm=runtime_cfg.sync_batchnorm)
+    return parallel.start(mode or runtime_cfg.parallel, runtime_cfg.device, sync_batchnorm=runtime_cfg.sync_batchnorm)
 
 
 def check_against_data(cfg: Config, data: DataBundle, data_name: str) -> None:
@@ -88,7 +88,7 @@ def open_out(out: Path | None, resume: bool) -> tuple[bool, Config | None]:
     return True, saved_config(out)
 
 
-def _together(parallel: ParallelMode, step: Callable[[], T]) -> T:
+def together(parallel: ParallelMode, step: Callable[[], T]) -> T:
     """``step()`` on every process; if it fails on any (a user mistake), it fails on all, before any waits."""
     error, value = None, None
     try:
@@ -152,7 +152,7 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
                                 f"{', '.join(differing)}")
         return is_resume, resolved, runtime
 
-    resume, cfg, runtime = _together(parallel, checks)
+    resume, cfg, runtime = together(parallel, checks)
     folder = None
     if out is not None:
         def prepare() -> None:  # one writer: the leader makes the folder; the others wait for it
@@ -162,10 +162,10 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
                     write_config(out, cfg)
                     RunFolder(out, origin=origin).write_results(complete=False)
 
-        _together(parallel, prepare)
+        together(parallel, prepare)
         order = [unit.name for unit in units(cfg)]
         # Every process reads the folder before any writes to it (so all share out the same chains).
-        folder = _together(parallel, lambda: RunFolder(out, resume=resume, origin=origin, order=order, leader=leader))
+        folder = together(parallel, lambda: RunFolder(out, resume=resume, origin=origin, order=order, leader=leader))
     if echo and leader:
         where = f" -> {out}" if out is not None else ""
         processes = f", {parallel.world_size} processes ({parallel.name})" if parallel.world_size > 1 else ""
@@ -207,20 +207,23 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
 
 
 def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False, echo: bool = True,
-                   unit_cache: UnitCache | None = None, stop: StopFlag | None = None) -> tuple[Path, list[Row]]:
+                   unit_cache: UnitCache | None = None, stop: StopFlag | None = None,
+                   parallel: ParallelMode | None = None) -> tuple[Path, list[Row]]:
     """``kdgen run``: the config's data source and registry model through :func:`run_pipeline`.
 
-    ``out`` defaults to a new folder under ``runs/`` (under torchrun, rank 0's choice). Returns the
-    run folder and its rows.
+    ``out`` defaults to a new folder under ``runs/`` (under torchrun, rank 0's choice). ``parallel``: the
+    processes' mode when the caller started it (``kdgen sweep``, for every point), else started here from
+    ``runtime.parallel``. Returns the run folder and its rows.
     """
     from kdgen.data import load_bundle
     from kdgen.models import build
 
-    parallel = start_parallel(cfg.runtime)
+    owns = parallel is None
+    parallel = parallel if parallel is not None else start_parallel(cfg.runtime)
     try:
-        _together(parallel, lambda: open_out(out, resume))  # path mistakes before the (possibly slow) data load
+        together(parallel, lambda: open_out(out, resume))  # path mistakes before the (possibly slow) data load
         out = Path(parallel.leader_value(new_run_dir() if out is None else out))  # type: ignore[arg-type]
-        data = _together(parallel, lambda: load_bundle(cfg.data))
+        data = together(parallel, lambda: load_bundle(cfg.data))
 
         def factory() -> nn.Module:
             return build(cfg.model.name, data.num_classes, data.channels)
@@ -229,6 +232,7 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
                                      origin=ORIGIN_CLI, resume=resume, echo=echo, unit_cache=unit_cache, stop=stop,
                                      parallel=parallel)
     finally:
-        parallel.close()
+        if owns:
+            parallel.close()
     assert run_dir is not None
     return run_dir, rows

@@ -4,11 +4,13 @@
 folder per grid point (``kdgen report`` and ``kdgen predict`` work on it); ``DIR/units/`` is the
 :class:`~kdgen.running.unit_cache.UnitCache` every point draws on, so no unit is trained twice; the
 summary (``sweep.md``, ``sweep.html``, ``sweep_summary.json``, ``plots/``) is rebuilt after every
-point. ``--resume`` continues where an interrupted sweep stopped.
+point. ``--resume`` continues where an interrupted sweep stopped. Under ``torchrun`` the processes share
+every point's training (:func:`run_sweep`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,12 +18,13 @@ from kdgen.checkpoint import read_json, write_json
 from kdgen.errors import UserError
 from kdgen.reporting.sweep_page import build_sweep_report
 from kdgen.running.run_folder import check_new_out_dir, make_out_dir
-from kdgen.running.runner import run_experiment
+from kdgen.running.runner import run_experiment, start_parallel, together
 from kdgen.running.sweep_plan import SweepPlan
 from kdgen.running.unit_cache import UnitCache
 
 if TYPE_CHECKING:
     from kdgen.training.loop import StopFlag
+
 
 def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = True, units: Path | None = None,
               stop: "StopFlag | None" = None) -> Path:
@@ -29,7 +32,45 @@ def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = 
 
     ``units`` is the unit cache folder (default ``out/units``); sweeps that name the same folder
     share their units, even while they run at the same time (a unit is published atomically).
+
+    Under ``torchrun`` the processes run each point together in ``runtime.parallel=chains`` (unless the
+    base config names another mode): its chains still to train are spread over them, longest first, each
+    process trains its own and puts them in the shared unit cache, and rank 0 writes the point's
+    results.json and the summary. Rows and summary equal a one-process sweep's at the same thread count.
     """
+    base = plan.config_for(plan.points()[0])
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    mode = base.runtime.parallel if base.runtime.parallel != "none" or world == 1 else "chains"
+    parallel = start_parallel(base.runtime, mode)
+    try:
+        together(parallel, lambda: _open(plan, out, resume) if parallel.is_leader else None)
+        cache = UnitCache(units if units is not None else out / "units")
+        points = plan.points()
+        for index, point in enumerate(points):
+            run_dir = out / "runs" / point.name
+            # One view of the folder for every process (rank 0's), so all make the same choice.
+            finished, started = parallel.leader_value(((run_dir / "timing.json").is_file(), run_dir.exists()))
+            if finished:
+                continue  # finished before an interruption
+            if echo and parallel.is_leader:
+                print(f"kdgen sweep: point {index + 1}/{len(points)}: {' '.join(point.overrides())}", flush=True)
+            run_experiment(plan.config_for(point), run_dir, resume=started, echo=False, unit_cache=cache, stop=stop,
+                           parallel=parallel)
+            if parallel.is_leader:
+                build_sweep_report(out)
+        if not parallel.is_leader:
+            return out / "sweep.md"
+        path = build_sweep_report(out)
+    finally:
+        parallel.close()
+    if echo:
+        print(path.with_suffix(".md").read_text(encoding="utf-8").split("\n## ")[0].strip())
+        print(f"\nsummary: {path}")
+    return path
+
+
+def _open(plan: SweepPlan, out: Path, resume: bool) -> None:
+    """Check ``out`` (a new folder, or the same sweep to resume) and write ``sweep.json``."""
     sweep_file = out / "sweep.json"
     if resume and sweep_file.is_file():
         saved = read_json(sweep_file)
@@ -42,19 +83,3 @@ def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = 
         check_new_out_dir(out)
     make_out_dir(out)
     write_json(sweep_file, plan.to_json())
-    cache = UnitCache(units if units is not None else out / "units")
-    points = plan.points()
-    for index, point in enumerate(points):
-        run_dir = out / "runs" / point.name
-        if (run_dir / "timing.json").is_file():
-            continue  # finished before an interruption
-        if echo:
-            print(f"kdgen sweep: point {index + 1}/{len(points)}: {' '.join(point.overrides())}", flush=True)
-        run_experiment(plan.config_for(point), run_dir, resume=run_dir.exists(), echo=False, unit_cache=cache,
-                       stop=stop)
-        build_sweep_report(out)
-    path = build_sweep_report(out)
-    if echo:
-        print(path.with_suffix(".md").read_text(encoding="utf-8").split("\n## ")[0].strip())
-        print(f"\nsummary: {path}")
-    return path
