@@ -58,8 +58,8 @@ class CrossRankBatchNorm(_BatchNorm):
             return super().forward(input)
         dims = [d for d in range(input.dim()) if d != 1]
         x = input.float()
-        count = torch.tensor(float(input.numel() // input.shape[1]), device=input.device)
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count.view(1)])
+        count = x.new_full((1,), float(input.numel() // input.shape[1]))  # filled on the device: no host copy
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
         stats = _SumOverRanks.apply(stats, self.group or dist.group.WORLD)
         channels = input.shape[1]
         total = stats[-1]
