@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run a whole experiment and write config.yaml, results.json, report.md/html, "
                               "plots and safetensors checkpoints to the output folder.",
                               epilog="Every config field can be overridden as a dotted KEY=VALUE, values parsed as YAML: "
-                              "train.epochs=2 tolerance.eta=0.5 seeds=[0,1] data.name=synthetic. See README for all keys.")
+                              "train.epochs=2 tolerance.eta=0.5 seeds=[0,1] data.name=synthetic. See docs/reference/configuration.md (or kdgen config) for all keys.")
     run.add_argument("--config", type=Path, metavar="FILE", help="YAML config (default: the embedded digits experiment)")
     run.add_argument("--out", type=Path, metavar="DIR", help="output folder, new or empty (default: a new folder under runs/)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out DIR")

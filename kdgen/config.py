@@ -35,14 +35,22 @@ class _Strict(BaseModel):
 class AugmentConfig(_Strict):
     """Training augmentation; ``None`` keeps the data source's recommendation."""
 
+    # Random shift of up to this many pixels (zero-padded), drawn per image in the batch.
     translate: int | None = Field(None, ge=0, le=64)
+    # Random horizontal flips (off for digits and other data where a flip changes the class).
     hflip: bool | None = None
 
 
 class DataConfig(_Strict):
+    """Which data, and how it is split: the val split (held out of the training split) makes every choice."""
+
+    # A registered data source (`kdgen sources`): digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, ...
     name: str = "digits"
+    # Where its files are, for sources that read files (each has a default, e.g. Debian's Fashion-MNIST).
     root: str | None = None
+    # Share of the training split held out as val, stratified; the test split is never used for a choice.
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # Seed of the train/val split and of the train_per_class subset (the same for every run seed and arm).
     split_seed: int = 0
     # A fixed stratified subset of N training images per class (after the val split), the same for
     # every seed and arm: the data-limited regime where self-distillation pays. None: all of them.
@@ -50,6 +58,7 @@ class DataConfig(_Strict):
     # Only these classes (the source's class indices), relabelled 0..n-1 in this order: e.g. models trained on
     # Fashion-MNIST's classes 0-4 and probed on 5-9 (kdgen transfer's held-out-classes protocol). None: all.
     classes: list[int] | None = None
+    # Training augmentation (translate, hflip), done in batch on the device.
     augment: AugmentConfig = AugmentConfig()
     # Decode image folders on the fly (DataLoader workers) instead of keeping them resident;
     # None decides by size (see kdgen.data.imagefolder).
@@ -91,6 +100,9 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The architecture every generation of every arm shares."""
+
+    # A registered model (`kdgen models`): cnn, cnn-tiny, mlp, resnet20/32/56/110, wrn-16-2, densenet-bc-100, resnet18...
     name: str = "cnn"
 
     @field_validator("name")
@@ -109,17 +121,24 @@ class TrainConfig(_Strict):
     """The per-generation recipe: every generation (and every baseline model) uses it afresh."""
 
     # 8 epochs x 2 students keep the default digits run well under a minute on a 2-core AVX2 CPU in fp32
-    # (README, "The default run"); recipes set their own.
+    # (docs/guide/getting-started.md, "The default run"); recipes set their own.
     epochs: int = Field(8, ge=1)
+    # Images per optimizer step (full batches only; under data mode, split over the processes).
     batch_size: int = Field(128, ge=1)
+    # SGD's peak learning rate, momentum and Nesterov momentum.
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
+    # L2 decay of weights (not of BatchNorm parameters or biases).
     weight_decay: float = Field(5e-4, ge=0.0)
+    # Learning-rate schedule per step: cosine to zero, step decay (×gamma at each milestone), or constant.
     schedule: Literal["cosine", "step", "constant"] = "cosine"
+    # step schedule: where the rate drops, as fractions of the epochs, and by what factor.
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     gamma: float = Field(0.1, gt=0.0, le=1.0)
+    # Linear warm-up from zero over this many epochs (fractions allowed).
     warmup_epochs: float = Field(0.0, ge=0.0)
+    # Images per forward pass when evaluating (no effect on results).
     eval_batch_size: int = Field(1024, ge=1)
 
     @field_validator("milestones")
@@ -131,6 +150,9 @@ class TrainConfig(_Strict):
 
 
 class GenerationsConfig(_Strict):
+    """How many generations, for which arms."""
+
+    # Students after the patriarch (generation 0): count + 1 models per arm and seed.
     count: int = Field(2, ge=0, le=100)
     # Registered arms (kdgen.arms): baseline, strict, tolerant, snapshot, ...
     arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
@@ -160,7 +182,7 @@ class RuntimeConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16
     # or AMX), else fp32. Measured on the digits default: 2x faster, accuracy within seed noise
-    # (README). An explicit bf16 on a CPU without native bf16 is warned about: it is emulated there.
+    # (docs/guide/speed.md). An explicit bf16 on a CPU without native bf16 is warned about: it is emulated there.
     # fp16: float16 autocast with a gradient scaler (GPUs without bf16); never chosen by auto.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # NHWC activations: oneDNN and cuDNN convolutions are faster in this layout (1.5x measured on
@@ -172,12 +194,12 @@ class RuntimeConfig(_Strict):
     # DataLoader workers for streamed image folders and streamed evaluation.
     workers: int = Field(4, ge=0, le=64)
     # Under torchrun: "chains" spreads whole (seed, arm) chains over the processes, "data" trains each
-    # model on all of them (DistributedDataParallel). See kdgen.training.parallel and README "Many processes".
+    # model on all of them (DistributedDataParallel). See kdgen.training.parallel and docs/guide/parallel.md.
     parallel: str = "none"
     # data mode: BatchNorm statistics over the whole global batch (as one process computes them).
     sync_batchnorm: bool = True
     # Reproducible kernels where PyTorch has them (cuDNN deterministic, no autotuning, deterministic
-    # algorithms, warn where an op has none): equal results run to run on one GPU, at some speed (README
+    # algorithms, warn where an op has none): equal results run to run on one GPU, at some speed (docs/guide/parallel.md,
     # "On GPUs"). CPU runs are deterministic either way. Off: cuDNN picks the fastest kernels.
     deterministic: bool = False
     # An unfinished unit's training state is saved after an epoch once this many seconds have passed since the
@@ -203,7 +225,11 @@ TAGGED_SECTIONS = {"tolerance": (METHODS, "tsd"), "distill": (DISTILL_METHODS, "
 
 
 class LogConfig(_Strict):
+    """What a run shows while it runs."""
+
+    # TensorBoard scalars (each unit's losses and learning rate per epoch) under DIR/tensorboard.
     tensorboard: bool = False
+    # The progress bar (steps, ETA, the last epoch's losses).
     progress: bool = True
 
 

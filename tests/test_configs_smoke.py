@@ -64,7 +64,7 @@ def test_config_validates_as_written(config):
     """Every key and value of the file, unchanged, passes the pydantic schema."""
     cfg = load_config(config)
     assert cfg.seeds and cfg.generations.count >= 1
-    # A shipped recipe never forces a precision: bf16 is emulated, ~10x slower (README, Speed), on CPUs
+    # A shipped recipe never forces a precision: bf16 is emulated, ~10x slower (docs/guide/speed.md), on CPUs
     # without AVX512-BF16/AMX, and auto picks it wherever it is native.
     assert cfg.runtime.precision == "auto"
 

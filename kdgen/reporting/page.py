@@ -135,7 +135,7 @@ def ceiling_note(results: Results, found: list) -> str | None:
             f"average, so only {error:.1f} % are left to win, while its seeds detect differences of "
             f"±{min(detectable):.2f} points at best. Data near its ceiling (like the embedded digits, made for "
             "speed) cannot show effects of the size generations make (about one point on converged "
-            "Fashion-MNIST, README): run `kdgen run --config configs/fashion-mnist-converged.yaml` for that.")
+            "Fashion-MNIST, docs/findings.md): run `kdgen run --config configs/fashion-mnist-converged.yaml` for that.")
 
 
 NOTES = ["Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins; confidence is the mean top-1 "

@@ -41,7 +41,7 @@ class TopScoreDifference(ToleranceMethod):
 
     method: Literal["tsd"] = "tsd"
     # The best point on the val split of converged Fashion-MNIST (kdgen sweep; docs/study/tolerance-curve.md).
-    # Not significantly better than its neighbours or than no term at all: see README.
+    # Not significantly better than its neighbours or than no term at all: see docs/findings.md.
     eta: float = Field(0.3, ge=0.0)
     # "auto": DEFAULT_TSD_K, or the class count where there are fewer classes; resolved against the
     # data when a run starts, and config.yaml records the number. An explicit K above the class

@@ -143,6 +143,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, recipe: TrainConfi
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, recipe: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The recipe's learning-rate schedule, stepped once per optimizer step (warm-up, then cosine, step or constant)."""
     total = recipe.epochs * steps_per_epoch
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, recipe))
