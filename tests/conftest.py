@@ -41,3 +41,22 @@ def tiny_data(tiny_cfg):
 def _two_threads():
     # KDGEN_TEST_THREADS=1 leaves a core free (e.g. for an experiment running beside the suite).
     torch.set_num_threads(int(os.environ.get("KDGEN_TEST_THREADS", "2")))
+
+
+@pytest.fixture
+def kdgen(capsys):
+    """The command line, in this process (no interpreter start-up): exit code and captured stdout/stderr."""
+    from types import SimpleNamespace
+
+    from kdgen.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+    return run

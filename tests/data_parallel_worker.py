@@ -1,23 +1,27 @@
-"""Run by tests/test_parallel.py, as one process or under torchrun: a few fp32 training steps of a tiny
-model in ``runtime.parallel=data`` mode, then the weights and a gathered evaluation, saved by rank 0.
+"""Run by tests/test_parallel.py under torchrun: a few fp32 training steps of a tiny model in
+``runtime.parallel=data`` mode, then the weights and a gathered evaluation, saved by rank 0, three times:
+with cross-rank BatchNorm (two1.safetensors), without (two0.safetensors), and as one process
+(one.safetensors: the data mode as it runs without torchrun, by rank 0 alone). One launch for the
+three: starting the interpreters costs far more than the training.
 
-usage: python data_parallel_worker.py OUT.safetensors SYNC_BATCHNORM(0|1)
+usage: torchrun --nproc_per_node=2 data_parallel_worker.py OUT_DIR
 """
 
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from kdgen.training import parallel
-from kdgen.training.augment import Normalizer
 from kdgen.config import TrainConfig
 from kdgen.data.base import AugmentSpec, DataBundle, Split
-from kdgen.training.metrics import predict_probs
 from kdgen.models import build
+from kdgen.training import parallel
+from kdgen.training.augment import Normalizer
+from kdgen.training.loop import freeze_teacher, train_generation
+from kdgen.training.metrics import predict_probs
 from kdgen.training.objective import GenerationObjective
 from kdgen.training.runtime import Runtime
-from kdgen.training.loop import freeze_teacher, train_generation
 
 
 def bundle() -> DataBundle:
@@ -31,9 +35,7 @@ def bundle() -> DataBundle:
                       class_names=[str(i) for i in range(4)])
 
 
-def main() -> None:
-    out, sync = sys.argv[1], sys.argv[2] == "1"
-    mode = parallel.start("data", "cpu", sync_batchnorm=sync)
+def train(mode: parallel.ParallelMode, out: Path) -> None:
     runtime = Runtime(precision="fp32", channels_last=False, parallel=mode)
     data = bundle()
     recipe = TrainConfig(epochs=2, batch_size=16, lr=0.1, warmup_epochs=0)
@@ -51,7 +53,18 @@ def main() -> None:
         tensors["bn_classes"] = torch.tensor([type(m).__name__ == "BatchNorm2d" for m in model.modules()
                                               if "BatchNorm" in type(m).__name__])
         save_file(tensors, out)
-    mode.close()
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    synced = parallel.start("data", "cpu", sync_batchnorm=True)  # joins the processes: it owns the group
+    train(synced, out / "two1.safetensors")
+    unsynced = parallel.start("data", "cpu", sync_batchnorm=False)  # the group exists: only a control group
+    train(unsynced, out / "two0.safetensors")
+    unsynced.close()
+    if synced.is_leader:  # what parallel.start("data") gives without torchrun: one process, whole batches
+        train(parallel.DataParallel(sync_batchnorm=True), out / "one.safetensors")
+    synced.close()
 
 
 if __name__ == "__main__":

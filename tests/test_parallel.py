@@ -18,18 +18,20 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from kdgen.training import parallel
 from kdgen.checkpoint import save_model
 from kdgen.cli import main
 from kdgen.errors import ConfigError
 from kdgen.running.run_folder import RunFolder
+from kdgen.training import parallel
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
 
 TINY = ["data.name=synthetic", "data.num_train=256", "data.num_test=24", "data.image_size=8", "data.channels=1",
         "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=2", "train.batch_size=16", "seeds=[0,1]",
-        "generations.count=1", "tolerance.k=3", "--no-progress"]
+        "generations.count=1", "tolerance.k=3", "--no-progress",
+        # a state after every epoch (the default saves at most every 30 s): the stops below wait for one
+        "runtime.save_every_s=0"]
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -73,6 +75,20 @@ def reference(tmp_path_factory):
     return out
 
 
+# Long enough units that a kill or SIGTERM sent once a unit finished (or saved its state) lands while
+# the others are still training.
+LONGER = ["train.epochs=8"]
+
+
+@pytest.fixture(scope="module")
+def longer_reference(tmp_path_factory):
+    """One process, uninterrupted, with LONGER units: what the stopped-and-resumed chains runs must end with."""
+    out = tmp_path_factory.mktemp("parallel") / "longer"
+    done = kdgen_run(out, *LONGER)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 @pytest.mark.slow
 def test_chains_on_two_processes_write_the_one_process_folder(tmp_path, reference):
     out = tmp_path / "two"
@@ -93,10 +109,9 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds worker processes through /proc")
-def test_a_killed_worker_fails_the_run_and_resume_finishes_it(tmp_path):
+def test_a_killed_worker_fails_the_run_and_resume_finishes_it(tmp_path, longer_reference):
     out = tmp_path / "killed"
-    longer = ["train.epochs=6"]  # time for the kill to land while units are in progress
-    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, *longer, "runtime.parallel=chains")
+    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, *LONGER, "runtime.parallel=chains")
     wait_for(process, out / "records", "*.json")
     assert process.poll() is None, "the run ended before any unit could be killed"
     workers = _children(process.pid)
@@ -117,15 +132,13 @@ def test_a_killed_worker_fails_the_run_and_resume_finishes_it(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "kdgen", "run", "--resume", "--out", str(out), "--no-progress"],
                              env=ONE_THREAD, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    uninterrupted = kdgen_run(tmp_path / "uninterrupted", *longer)
-    assert uninterrupted.returncode == 0
-    assert (out / "results.json").read_bytes() == (tmp_path / "uninterrupted" / "results.json").read_bytes()
+    assert (out / "results.json").read_bytes() == (longer_reference / "results.json").read_bytes()
 
 
 @pytest.mark.slow
-def test_sigterm_to_torchrun_stops_every_rank_with_saved_state(tmp_path):
+def test_sigterm_to_torchrun_stops_every_rank_with_saved_state(tmp_path, longer_reference):
     out = tmp_path / "stopped"
-    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, "train.epochs=12", "runtime.parallel=chains")
+    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *TINY, *LONGER, "runtime.parallel=chains")
     wait_for(process, out / "state", "*.safetensors")
     process.send_signal(signal.SIGTERM)
     code, _, stderr = finish(process)
@@ -137,9 +150,7 @@ def test_sigterm_to_torchrun_stops_every_rank_with_saved_state(tmp_path):
     resumed = torchrun(2, "-m", "kdgen", "run", "--resume", "--out", str(out), "--no-progress")
     code, _, stderr = finish(resumed)
     assert code == 0, stderr
-    uninterrupted = kdgen_run(tmp_path / "uninterrupted", "train.epochs=12")
-    assert uninterrupted.returncode == 0
-    assert (out / "results.json").read_bytes() == (tmp_path / "uninterrupted" / "results.json").read_bytes()
+    assert (out / "results.json").read_bytes() == (longer_reference / "results.json").read_bytes()
 
 
 @pytest.mark.slow
@@ -147,13 +158,9 @@ def test_data_mode_matches_one_process_weights(tmp_path):
     """fp32, cross-rank BatchNorm: 2 processes end within 1e-5 of one process after 8 steps (float
     rounding of split sums); without it, each rank's BatchNorm sees half a batch and the weights move
     away by more than 1e-3. The evaluation gathered over the ranks equals one process's."""
-    one = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "one.st"), "1"], env=ONE_THREAD,
-                         capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr
-    for sync in ("1", "0"):
-        code, _, stderr = finish(torchrun(2, str(WORKER), str(tmp_path / f"two{sync}.st"), sync))
-        assert code == 0, stderr
-    reference, synced, unsynced = (load_file(tmp_path / name) for name in ("one.st", "two1.st", "two0.st"))
+    code, _, stderr = finish(torchrun(2, str(WORKER), str(tmp_path)))  # the one-process reference too
+    assert code == 0, stderr
+    reference, synced, unsynced = (load_file(tmp_path / f"{name}.safetensors") for name in ("one", "two1", "two0"))
     difference = {k: float((reference[k].double() - synced[k].double()).abs().max()) for k in reference}
     assert max(difference.values()) < 1e-5, difference
     assert max(float((reference[k].double() - unsynced[k].double()).abs().max()) for k in reference) > 1e-3
@@ -172,16 +179,20 @@ def test_data_mode_run_completes_with_rank_zero_writing(tmp_path, reference):
     assert stdout.count("kdgen: synthetic") == 1
 
 
+# Two units of 3 epochs (each data-mode step waits on collectives between the processes, so fewer steps
+# save seconds per launch): a signal sent once the first epoch saved its state has 5 epochs left to land in.
+DATA_STOP = [*TINY, "runtime.parallel=data", "runtime.precision=fp32", "seeds=[0]", "generations.arms=[strict]",
+             "train.epochs=3"]
+
+
 @pytest.mark.slow
 def test_data_mode_stopped_and_resumed_equals_uninterrupted(tmp_path):
     """SIGTERM in data mode: the ranks agree on the step, rank 0 saves the state, and a resumed
     2-process run ends with the rows of an uninterrupted 2-process run (gloo's sums are deterministic)."""
-    args = [*TINY, "runtime.parallel=data", "runtime.precision=fp32", "seeds=[0]", "generations.arms=[strict]",
-            "train.epochs=6"]
-    full = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(tmp_path / "full"), *args))
+    full = finish(torchrun(2, "-m", "kdgen", "run", "--out", str(tmp_path / "full"), *DATA_STOP))
     assert full[0] == 0, full[2]
     out = tmp_path / "stopped"
-    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *args)
+    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *DATA_STOP)
     wait_for(process, out / "state", "*.safetensors")
     process.send_signal(signal.SIGTERM)
     code, _, stderr = finish(process)
@@ -196,9 +207,7 @@ def test_data_mode_stopped_and_resumed_equals_uninterrupted(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds worker processes through /proc")
 def test_data_mode_worker_killed_is_one_line_and_resumable(tmp_path):
     out = tmp_path / "killed"
-    args = [*TINY, "runtime.parallel=data", "runtime.precision=fp32", "seeds=[0]", "generations.arms=[strict]",
-            "train.epochs=6"]
-    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *args)
+    process = torchrun(2, "-m", "kdgen", "run", "--out", str(out), *DATA_STOP)
     wait_for(process, out / "state", "*.safetensors")
     os.kill(_children(process.pid)[1], signal.SIGKILL)
     code, _, stderr = finish(process)
@@ -273,8 +282,8 @@ class _Numbered(torch.utils.data.Dataset):
 def test_data_mode_shares_are_the_one_process_batches(streaming):
     """Each process gets its part of every global batch (resident: augmented as one process would;
     streaming: only its part is decoded), and the parts make up one process's batches."""
-    from kdgen.training.batches import TrainBatches
     from kdgen.data.base import AugmentSpec, Split, StreamingSplit
+    from kdgen.training.batches import TrainBatches
 
     samples = [(i, i % 4) for i in range(40)]
     split = StreamingSplit(samples, _Numbered) if streaming else \
@@ -310,12 +319,15 @@ def test_one_process_mode_is_refused_under_torchrun(monkeypatch):
         parallel.start("none", "cpu")
 
 
-def test_unknown_mode_and_sweep_under_torchrun_are_refused(monkeypatch, capsys):
+def test_unknown_mode_and_a_half_set_torchrun_environment_are_one_line_errors(monkeypatch, capsys, tmp_path):
     assert main(["config", "runtime.parallel=pipeline"]) == 2
     assert "chains" in capsys.readouterr().err
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["sweep", "--grid", "tolerance.eta=0,1", "--out", "nowhere"]) == 2
-    assert "one process" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as if torchrun had started us, without the rest of its environment
+    for command in (["sweep", "--grid", "tolerance.eta=0,1"], ["run"]):
+        assert main([*command, "--out", str(tmp_path / "nowhere"), *TINY]) == 2
+        err = capsys.readouterr().err
+        assert "RANK is not set" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_records_merge_in_training_order_whoever_finished_first(tmp_path):

@@ -1,13 +1,33 @@
 """The helper scripts run and compute what they say."""
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def script(monkeypatch, capsys):
+    """``python scripts/NAME ARGS``, run as ``__main__`` in this process (a new interpreter would spend
+    seconds importing torch and kdgen again): its exit code, stdout and stderr."""
+    def call(name, *args):
+        path = str(ROOT / "scripts" / name)
+        monkeypatch.setattr(sys, "argv", [path, *map(str, args)])
+        capsys.readouterr()  # this call's output only
+        try:
+            runpy.run_path(path, run_name="__main__")
+            code = 0
+        except SystemExit as stopped:  # sys.exit(main()) and argparse's errors
+            code = stopped.code if isinstance(stopped.code, int) else 0 if stopped.code is None else 1
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess([path, *args], code, captured.out, captured.err)
+    return call
 
 
 def write_run(folder: Path, top1_by_seed: dict[int, float]) -> Path:
@@ -19,20 +39,22 @@ def write_run(folder: Path, top1_by_seed: dict[int, float]) -> Path:
     return folder
 
 
-def test_compare_runs_pairs_cells_by_seed(tmp_path):
+def test_compare_runs_pairs_cells_by_seed(tmp_path, script):
     a = write_run(tmp_path / "a", {0: 90.0, 1: 92.0, 2: 94.0})
     b = write_run(tmp_path / "b", {0: 91.0, 1: 93.0, 2: 95.5})
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(a), str(b)],
-                         capture_output=True, text=True, check=True).stdout
+    done = script("compare_runs.py", a, b)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "| strict | single | 1 | 3 | 92.00 ± 2.00 | 93.17 ± 2.25 | 1.17 ± 0.29 |" in out
     assert "all 3 paired cells: mean B − A +1.167, std 0.29, mean seed-to-seed std 2.13" in out
 
 
-def test_compare_arms_pairs_lines_from_different_runs_by_seed(tmp_path):
+def test_compare_arms_pairs_lines_from_different_runs_by_seed(tmp_path, script):
     a = write_run(tmp_path / "a", {0: 90.0, 1: 92.0, 2: 94.0})
     b = write_run(tmp_path / "b", {0: 91.0, 1: 93.0, 2: 95.5})
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_arms.py"), "--split", "test", "--reference",
-                          "ref", f"ref={a}/strict", f"other={b}/strict"], capture_output=True, text=True, check=True).stdout
+    done = script("compare_arms.py", "--split", "test", "--reference", "ref", f"ref={a}/strict", f"other={b}/strict")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "| ref | 1 | 3 | 92.00 ± 2.00 | – | – | – | – |" in out
     # +1, +1, +1.5: mean 1.17, std 0.29, paired t p = 0.020; detectable (t_0.975,2 4.30 + t_0.8,2 1.06) * 0.289 / sqrt(3)
     assert "| other | 1 | 3 | 93.17 ± 2.25 | – | +1.17 ± 0.29 | 0.020 | ±0.89 |" in out
@@ -56,7 +78,7 @@ def test_throughput_benchmark_prints_every_figure(tmp_path):
     assert figures["model"] == "resnet8"
 
 
-def test_merge_runs_equals_one_run_over_all_seeds(tmp_path):
+def test_merge_runs_equals_one_run_over_all_seeds(tmp_path, script):
     from kdgen.checkpoint import read_json
     from kdgen.config import load_config
     from kdgen.running.runner import run_experiment
@@ -66,20 +88,17 @@ def test_merge_runs_equals_one_run_over_all_seeds(tmp_path):
             "generations.count=1", "log.progress=false"]
     for name, seeds in (("a", "[0]"), ("b", "[1]"), ("both", "[0,1]")):
         run_experiment(load_config(None, tiny + [f"seeds={seeds}"]), tmp_path / name, echo=False)
-    script = ROOT / "scripts" / "merge_runs.py"
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "merged"), str(tmp_path / "a"), str(tmp_path / "b")],
-                          capture_output=True, text=True)
+    done = script("merge_runs.py", tmp_path / "merged", tmp_path / "a", tmp_path / "b")
     assert done.returncode == 0, done.stderr
     merged, single = read_json(tmp_path / "merged" / "results.json"), read_json(tmp_path / "both" / "results.json")
     assert merged["rows"] == single["rows"] and merged["extras"] == single["extras"]
     assert "seeds:\n- 0\n- 1" in (tmp_path / "merged" / "config.yaml").read_text()
     assert (tmp_path / "merged" / "report.md").is_file()
-    again = subprocess.run([sys.executable, str(script), str(tmp_path / "m2"), str(tmp_path / "a"), str(tmp_path / "a")],
-                           capture_output=True, text=True)
+    again = script("merge_runs.py", tmp_path / "m2", tmp_path / "a", tmp_path / "a")
     assert again.returncode == 2 and "is in both" in again.stderr
 
 
-def test_merge_runs_of_different_arms_equals_one_run_and_refuses_other_settings(tmp_path):
+def test_merge_runs_of_different_arms_equals_one_run_and_refuses_other_settings(tmp_path, script):
     from kdgen.checkpoint import read_json
     from kdgen.config import load_config
     from kdgen.running.runner import run_experiment
@@ -92,20 +111,17 @@ def test_merge_runs_of_different_arms_equals_one_run_and_refuses_other_settings(
                         ("both", ["generations.arms=[strict,snapshot]", "snapshot.weight=0.5"]),
                         ("other", ["generations.arms=[tolerant]", "distill.weight=0.5"])):
         run_experiment(load_config(None, tiny + extra), tmp_path / name, echo=False)
-    script = ROOT / "scripts" / "merge_runs.py"
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "merged"), str(tmp_path / "strict"),
-                           str(tmp_path / "snapshot")], capture_output=True, text=True)
+    done = script("merge_runs.py", tmp_path / "merged", tmp_path / "strict", tmp_path / "snapshot")
     assert done.returncode == 0, done.stderr
     key = lambda r: (r["seed"], r["arm"], r["generation"], r["kind"], r["split"])  # noqa: E731
     merged, single = read_json(tmp_path / "merged" / "results.json"), read_json(tmp_path / "both" / "results.json")
     assert sorted(merged["rows"], key=key) == sorted(single["rows"], key=key)
     assert load_config(tmp_path / "merged" / "config.yaml") == load_config(tmp_path / "both" / "config.yaml")
-    refused = subprocess.run([sys.executable, str(script), str(tmp_path / "m2"), str(tmp_path / "strict"),
-                              str(tmp_path / "other")], capture_output=True, text=True)
+    refused = script("merge_runs.py", tmp_path / "m2", tmp_path / "strict", tmp_path / "other")
     assert refused.returncode == 2 and "tolerant-seed0-gen1 was trained with settings" in refused.stderr
 
 
-def test_equal_cost_pairs_compares_cells_of_equal_cost_across_arms(tmp_path):
+def test_equal_cost_pairs_compares_cells_of_equal_cost_across_arms(tmp_path, script):
     from kdgen.config import load_config
     from kdgen.running.runner import run_experiment
 
@@ -113,8 +129,7 @@ def test_equal_cost_pairs_compares_cells_of_equal_cost_across_arms(tmp_path):
             "data.num_classes=3", "model.name=cnn-tiny", "train.epochs=6", "train.batch_size=16",
             "generations.count=2", "log.progress=false", "seeds=[0,1]", "generations.arms=[baseline,strict,snapshot]"]
     run_experiment(load_config(None, tiny), tmp_path / "run", echo=False)
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "equal_cost_pairs.py"), str(tmp_path / "run")],
-                          capture_output=True, text=True)
+    done = script("equal_cost_pairs.py", tmp_path / "run")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     # three 2-epoch snapshot cycles cost one 6-epoch model; strict generation 1 costs two, like a baseline

@@ -152,10 +152,6 @@ def test_sweep_scores_on_val_only_resumes_without_training_and_names_the_test_co
     assert trained == []
 
 
-def kdgen(*args):
-    return subprocess.run([sys.executable, "-m", "kdgen", *args], capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize("args, message", [
     (["--grid", "tolerance.eta=0.1,0.2"], "required: --out"),
     (["--out", "X", "--grid", "tolerance.bogus=1,2"], "unknown key 'tolerance.bogus'"),
@@ -163,7 +159,7 @@ def kdgen(*args):
     (["--out", "X", "--grid", "seeds=[0],[1]"], "cannot be swept"),
     (["--out", "X", "--grid", "tolerance.eta=0.1", "--select", "nobody/1"], "not run"),
 ])
-def test_sweep_mistakes_are_one_line_errors(tmp_path, args, message):
+def test_sweep_mistakes_are_one_line_errors(tmp_path, args, message, kdgen):
     args = [str(tmp_path / a) if a == "X" else a for a in args]
     result = kdgen("sweep", *args, *TINY)
     assert result.returncode == 2, result.stderr
@@ -171,7 +167,7 @@ def test_sweep_mistakes_are_one_line_errors(tmp_path, args, message):
     assert not (tmp_path / "X").exists()
 
 
-def test_sweep_refuses_a_used_folder_and_a_changed_grid_on_resume(tmp_path):
+def test_sweep_refuses_a_used_folder_and_a_changed_grid_on_resume(tmp_path, kdgen):
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("mine")
@@ -187,7 +183,7 @@ def test_sweep_refuses_a_used_folder_and_a_changed_grid_on_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_with_units_shares_a_cache_from_the_command_line(tmp_path):
+def test_run_with_units_shares_a_cache_from_the_command_line(tmp_path, kdgen):
     units = tmp_path / "units"
     tiny = TINY[:-1] + ["seeds=[0]", "generations.count=1"]
     first = kdgen("run", "--units", str(units), "--out", str(tmp_path / "a"), "--no-progress", *tiny)

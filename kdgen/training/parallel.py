@@ -79,6 +79,9 @@ class Place:
         except ValueError:
             raise UserError(f"torchrun environment: {', '.join(ENV_KEYS)} must be integers") from None
         world = values.get("WORLD_SIZE", 1)
+        if world > 1 and "RANK" not in values:
+            raise UserError(f"torchrun environment: WORLD_SIZE is {world} but RANK is not set; start several "
+                            "processes with torchrun (torchrun --nproc_per_node=N -m kdgen ...)")
         return cls(rank=values.get("RANK", 0), world_size=world, local_rank=values.get("LOCAL_RANK", 0),
                    local_world_size=values.get("LOCAL_WORLD_SIZE", world))
 
