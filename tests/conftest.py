@@ -3,8 +3,14 @@ import os
 import pytest
 import torch
 
-from kdgen.config import build_config
-from kdgen.data import load_bundle
+# Under pytest-xdist every worker is one of several processes sharing the cores: one thread each, and so are the
+# kdgen processes the tests start (they inherit OMP_NUM_THREADS). Tests compare runs at equal thread counts.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("KDGEN_TEST_THREADS", "1")
+
+from kdgen.config import build_config  # noqa: E402
+from kdgen.data import load_bundle  # noqa: E402
 
 
 def tiny_config(**sections):

@@ -287,9 +287,13 @@ class DataParallel(_Shared):
         return decided
 
     def close(self) -> None:
-        if self._vote is not None:
-            self._vote[0].wait()  # every process cast the same votes: the last one completes everywhere
-            self._vote = None
+        vote, self._vote = self._vote, None
+        if vote is not None:
+            try:
+                vote[0].wait()  # every process cast the same votes: the last one completes where all are alive
+            except RuntimeError as exc:
+                if not is_peer_lost(exc):
+                    raise  # a process is gone otherwise: the run is stopping on that, nothing is left to agree
         super().close()
 
     def epoch_totals(self, sums: dict[str, torch.Tensor], first_bad: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
