@@ -50,8 +50,9 @@ def _two_threads():
 
 
 @pytest.fixture
-def kdgen(capsys):
-    """The command line, in this process (no interpreter start-up): exit code and captured stdout/stderr."""
+def kdgen_cli(capsys):
+    """``kdgen ARGS`` through the command's entry point in this process (no interpreter start-up): its exit code
+    and captured stdout/stderr."""
     from types import SimpleNamespace
 
     from kdgen.cli import main

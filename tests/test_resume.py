@@ -96,18 +96,18 @@ def test_signals_save_mid_epoch_state_and_resume_exactly(tmp_path, reference):
     assert (out / "results.json").read_bytes() == (reference / "results.json").read_bytes()
 
 
-def test_resume_with_a_different_config_is_refused(tmp_path, kdgen):
+def test_resume_with_a_different_config_is_refused(tmp_path, kdgen_cli):
     out = tmp_path / "run"
     args = [a for a in TINY if a != "train.epochs=3"] + ["train.epochs=1", "seeds=[0]", "generations.count=1"]
-    done = kdgen("run", "--out", str(out), *args)
+    done = kdgen_cli("run", "--out", str(out), *args)
     assert done.returncode == 0, done.stderr
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    result = kdgen("run", "--resume", "--out", str(out), "train.epochs=2", "tolerance.eta=0.9")
+    result = kdgen_cli("run", "--resume", "--out", str(out), "train.epochs=2", "tolerance.eta=0.9")
     assert result.returncode == 2 and "train.epochs" in result.stderr and "tolerance.eta" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # the same config (even with changes that do not alter results) resumes a finished run without training
-    again = kdgen("run", "--resume", "--out", str(out), "log.progress=false", "runtime.compile=true")
+    again = kdgen_cli("run", "--resume", "--out", str(out), "log.progress=false", "runtime.compile=true")
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(before["results.json"])["rows"]
 

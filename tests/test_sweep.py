@@ -159,37 +159,37 @@ def test_sweep_scores_on_val_only_resumes_without_training_and_names_the_test_co
     (["--out", "X", "--grid", "seeds=[0],[1]"], "cannot be swept"),
     (["--out", "X", "--grid", "tolerance.eta=0.1", "--select", "nobody/1"], "not run"),
 ])
-def test_sweep_mistakes_are_one_line_errors(tmp_path, args, message, kdgen):
+def test_sweep_mistakes_are_one_line_errors(tmp_path, args, message, kdgen_cli):
     args = [str(tmp_path / a) if a == "X" else a for a in args]
-    result = kdgen("sweep", *args, *TINY)
+    result = kdgen_cli("sweep", *args, *TINY)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "X").exists()
 
 
-def test_sweep_refuses_a_used_folder_and_a_changed_grid_on_resume(tmp_path, kdgen):
+def test_sweep_refuses_a_used_folder_and_a_changed_grid_on_resume(tmp_path, kdgen_cli):
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("mine")
-    result = kdgen("sweep", "--out", str(used), "--grid", "tolerance.eta=0.1", *TINY)
+    result = kdgen_cli("sweep", "--out", str(used), "--grid", "tolerance.eta=0.1", *TINY)
     assert result.returncode == 2 and "not empty" in result.stderr
     assert (used / "keep.txt").read_text() == "mine"
-    result = kdgen("sweep", "--out", str(used), "--resume", "--grid", "tolerance.eta=0.1", *TINY)
+    result = kdgen_cli("sweep", "--out", str(used), "--resume", "--grid", "tolerance.eta=0.1", *TINY)
     assert result.returncode == 2 and "not a sweep folder" in result.stderr
     plan = make_plan(None, ["tolerance.eta=0.1"], TINY, "tolerant/last", 0)
     write_json(tmp_path / "s" / "sweep.json", plan.to_json())
-    result = kdgen("sweep", "--out", str(tmp_path / "s"), "--resume", "--grid", "tolerance.eta=0.2", *TINY)
+    result = kdgen_cli("sweep", "--out", str(tmp_path / "s"), "--resume", "--grid", "tolerance.eta=0.2", *TINY)
     assert result.returncode == 2 and "differs" in result.stderr
 
 
 @pytest.mark.slow
-def test_run_with_units_shares_a_cache_from_the_command_line(tmp_path, kdgen):
+def test_run_with_units_shares_a_cache_from_the_command_line(tmp_path, kdgen_cli):
     units = tmp_path / "units"
     tiny = TINY[:-1] + ["seeds=[0]", "generations.count=1"]
-    first = kdgen("run", "--units", str(units), "--out", str(tmp_path / "a"), "--no-progress", *tiny)
+    first = kdgen_cli("run", "--units", str(units), "--out", str(tmp_path / "a"), "--no-progress", *tiny)
     assert first.returncode == 0, first.stderr
     assert len(list(units.glob("*/record.json"))) == 3 * 2  # arms x generations
-    second = kdgen("run", "--units", str(units), "--out", str(tmp_path / "b"), "--no-progress", *tiny)
+    second = kdgen_cli("run", "--units", str(units), "--out", str(tmp_path / "b"), "--no-progress", *tiny)
     assert second.returncode == 0, second.stderr
     rows = [json.loads((tmp_path / name / "results.json").read_text())["rows"] for name in ("a", "b")]
     assert rows[0] == rows[1]

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from kdgen.checkpoint import read_json, write_json
-from kdgen.cli import main
 from kdgen.errors import UserError
 from kdgen.models import build, names
 from kdgen.running.transfer import (adapt_images, extract_features, feature_module, fit_probe, score_probe,
@@ -114,19 +113,6 @@ def kdgen(*args):
     return subprocess.run([sys.executable, "-m", "kdgen", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture
-def kdgen_here(capsys):
-    """``kdgen ARGS`` through the command's own entry point in this process: its exit code and output,
-    without the seconds a new interpreter takes to import torch. The checks that a mistake is one line
-    on stderr stay with :func:`kdgen`, where nothing else can write to that stderr unseen."""
-    def call(*args):
-        capsys.readouterr()  # this call's output only
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(["kdgen", *args], code, captured.out, captured.err)
-    return call
-
-
 # 20 training images a class: the probes need trained models, not good ones
 TINY_RUN = ["train.epochs=1", "data.train_per_class=20", "seeds=[0,1]", "generations.count=1",
             "generations.arms=[strict,tolerant]", "model.name=cnn-tiny", "--no-progress"]
@@ -135,10 +121,10 @@ PROBE = ["--data", "synthetic", "data.num_train=120", "data.num_test=40", "data.
 
 
 @pytest.mark.slow
-def test_transfer_probes_every_model_of_a_run_and_adds_a_report_section(tmp_path, kdgen_here):
+def test_transfer_probes_every_model_of_a_run_and_adds_a_report_section(tmp_path, kdgen_cli):
     run = tmp_path / "run"
-    assert kdgen_here("run", "--out", str(run), *TINY_RUN).returncode == 0
-    result = kdgen_here("transfer", str(run), *PROBE)
+    assert kdgen_cli("run", "--out", str(run), *TINY_RUN).returncode == 0
+    result = kdgen_cli("transfer", str(run), *PROBE)
     assert result.returncode == 0, result.stderr
     rows = read_json(run / "transfer" / "synthetic.json")["rows"]
     units = {(r["arm"], r["seed"], r["generation"]) for r in rows}
@@ -153,11 +139,11 @@ def test_transfer_probes_every_model_of_a_run_and_adds_a_report_section(tmp_path
     # nothing is overwritten; --out writes elsewhere and leaves the run alone
     again = kdgen("transfer", str(run), *PROBE)
     assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    elsewhere = kdgen_here("transfer", str(run), *PROBE, "--out", str(tmp_path / "probes"))
+    elsewhere = kdgen_cli("transfer", str(run), *PROBE, "--out", str(tmp_path / "probes"))
     assert elsewhere.returncode == 0, elsewhere.stderr
     assert read_json(tmp_path / "probes" / "synthetic.json")["rows"] == rows  # same models, same probes
     # held-out classes: the probe sees only the classes named, relabelled
-    held_out = kdgen_here("transfer", str(run), *PROBE, "data.classes=[2,0]", "--out", str(tmp_path / "probes"))
+    held_out = kdgen_cli("transfer", str(run), *PROBE, "data.classes=[2,0]", "--out", str(tmp_path / "probes"))
     assert held_out.returncode == 0, held_out.stderr
     rows = read_json(tmp_path / "probes" / "synthetic-classes-2-0.json")["rows"]
     assert {r["probe"] for r in rows} == {"synthetic classes 2,0"} and len(rows) == len(units) * 2
