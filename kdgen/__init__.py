@@ -1,6 +1,6 @@
 """kdgen: knowledge distillation in generations with tolerant teachers (Yang et al., AAAI 2019).
 
-Python API (see docs/guide/api.md)::
+Python API (see docs/guide/api.md):
 
     import kdgen
     data = kdgen.bundle_from_tensors(train_x, train_y, test_x, test_y)

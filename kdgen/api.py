@@ -1,6 +1,6 @@
 """The Python API for your own model and tensors.
 
-Example (see docs/guide/api.md)::
+Example (see docs/guide/api.md):
 
     import torch, kdgen
     data = kdgen.bundle_from_tensors(train_images, train_labels, test_images, test_labels)
