@@ -20,9 +20,9 @@ from torch import nn
 from kdgen.config import Config
 from kdgen.data.base import AugmentSpec, DataBundle, SourceData, Split, make_bundle
 from kdgen.errors import DataError
+from kdgen.folders import Row
 from kdgen.reporting.results import Results
 from kdgen.reporting.tables import console_summary
-from kdgen.running.run_folder import Row
 
 
 def bundle_from_tensors(train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,

@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.out is not None and args.config is None:
         # Resuming without --config continues the saved config (plus any overrides, which must agree).
         from kdgen.config import apply_overrides, build_config
-        from kdgen.running.run_folder import saved_config
+        from kdgen.folders import saved_config
 
         cfg = build_config(apply_overrides(saved_config(args.out).to_dict(), overrides), "overrides")
     else:
@@ -200,8 +200,7 @@ def _stop_on_signals() -> tuple["StopFlag", Callable[[], None]]:
 
 def _sweep(args: argparse.Namespace) -> int:
     from kdgen.running.sweep import run_sweep
-    from kdgen.running.sweep_plan import make_plan
-
+    from kdgen.sweep_plan import make_plan
     from kdgen.training.parallel import PeerLost
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])

@@ -24,9 +24,10 @@ import yaml
 from kdgen import arms
 from kdgen.checkpoint import link, read_json, write_json
 from kdgen.errors import UserError
+from kdgen.folders import saved_config
 from kdgen.reporting.page import build_report
 from kdgen.running.generations import units
-from kdgen.running.run_folder import check_new_out_dir, saved_config
+from kdgen.running.run_folder import check_new_out_dir
 from kdgen.running.unit_cache import unit_key
 
 

@@ -22,10 +22,11 @@ from kdgen import arms
 from kdgen.checkpoint import link, read_json, write_json
 from kdgen.data import load_bundle
 from kdgen.errors import UserError
+from kdgen.folders import saved_config
 from kdgen.models import build
 from kdgen.reporting.page import build_report
 from kdgen.running.generations import GenerationsRunner, Unit
-from kdgen.running.run_folder import check_new_out_dir, saved_config, write_config
+from kdgen.running.run_folder import check_new_out_dir, write_config
 
 
 def reevaluate(old: Path, new: Path) -> Counter:

@@ -5,9 +5,9 @@ state saved on a wall-clock cadence. A fake CUDA stands in where the logic only 
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import tiny_config
 from torch import nn
 
-from conftest import tiny_config
 from kdgen.errors import ConfigError
 from kdgen.models import build
 from kdgen.training import sync_batchnorm

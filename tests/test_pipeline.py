@@ -146,7 +146,7 @@ def test_run_folders_written_before_the_runtime_section_are_read_in_todays_spell
     import yaml
 
     from kdgen.config import upgrade_recorded
-    from kdgen.running.run_folder import saved_config
+    from kdgen.folders import saved_config
 
     old = {"train": {"epochs": 3, "precision": "bf16", "compile": False, "device": "auto", "channels_last": True},
            "data": {"name": "digits", "workers": 4},

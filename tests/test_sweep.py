@@ -13,8 +13,8 @@ from kdgen.reporting.sweep_page import build_sweep_report
 from kdgen.running import generations
 from kdgen.running.runner import run_experiment
 from kdgen.running.sweep import run_sweep
-from kdgen.running.sweep_plan import grid_points, make_plan, parse_axis
 from kdgen.running.unit_cache import UnitCache, unit_key
+from kdgen.sweep_plan import grid_points, make_plan, parse_axis
 
 TINY = ["data.name=synthetic", "data.num_train=96", "data.num_test=24", "data.image_size=8", "data.channels=1",
         "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=1", "train.batch_size=16", "seeds=[0,1]",

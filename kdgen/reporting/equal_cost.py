@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def run_config(run_dir: Path) -> "Config | None":
     """The run folder's config, or None when it has none or one this version cannot read."""
     from kdgen.errors import UserError
-    from kdgen.running.run_folder import saved_config
+    from kdgen.folders import saved_config
 
     try:
         return saved_config(Path(run_dir))

@@ -101,7 +101,7 @@ def _axis_value(point: "PointSummary", keys: list[str]) -> object:
 def _slice(summary: "SweepSummary", axis: str, free: str | None = None) -> "list[PointSummary]":
     """The grid points along ``axis`` (and ``free``, when given) with every other axis at the best (else the
     first) point's value."""
-    from kdgen.running.sweep_plan import axis_keys
+    from kdgen.sweep_plan import axis_keys
 
     anchor = summary.best_settings or summary.points[0].settings
     moving = set(axis_keys(axis)) | set(axis_keys(free) if free else [])
@@ -145,7 +145,7 @@ def sweep_plot(summary: "SweepSummary", key: str, path: Path) -> Path | None:
     patriarch's confidence. With one axis: a line per generation, through the best point. With a second
     axis of several values (e.g. the students' temperature): a line per value of it, for the scored
     generation. None when no point has results yet."""
-    from kdgen.running.sweep_plan import axis_keys
+    from kdgen.sweep_plan import axis_keys
 
     keys = axis_keys(key)
     second = next((k for k, values in summary.grid if k != key and len(values) > 1), None)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdgen.checkpoint import read_json
+from kdgen.folders import TRANSFER_DIR, Row
 from kdgen.reporting.formatting import text_table
 from kdgen.reporting.results import Results
 from kdgen.reporting.tables import diff_table
-from kdgen.running.run_folder import TRANSFER_DIR, Row
 
 
 def load_transfer(run_dir: Path) -> dict[str, list[Row]]:

@@ -19,8 +19,8 @@ from typing import Any, Iterable, Mapping
 from kdgen import arms as arm_registry
 from kdgen.checkpoint import read_json
 from kdgen.errors import CheckpointError
+from kdgen.folders import RESULTS_FILE, Row, checkpoint_relpath
 from kdgen.reporting.statistics import Paired, paired
-from kdgen.running.run_folder import RESULTS_FILE, Row, checkpoint_relpath
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from kdgen.reporting.formatting import difference, markdown_table, p_value
 from kdgen.reporting.page import write_html
 from kdgen.reporting.results import METRICS, Results, format_cell
 from kdgen.reporting.statistics import Paired, paired
-from kdgen.running.sweep_plan import SweepPlan, axis_keys, parse_select
+from kdgen.sweep_plan import SweepPlan, axis_keys, parse_select
 
 SPLIT = "val"  # a sweep chooses; it never reads the test split
 SHOWN = tuple(m.name for m in METRICS if m.sweep)

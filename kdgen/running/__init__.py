@@ -6,7 +6,7 @@
 - :mod:`~kdgen.running.run_folder`: the run folder's files (config.yaml, results.json, checkpoints,
   in-progress state) and their single writer.
 - :mod:`~kdgen.running.unit_cache`: finished units shared between runs, keyed by settings and code revisions.
-- :mod:`~kdgen.running.sweep_plan`, :mod:`~kdgen.running.sweep`: grids of runs with unit reuse.
+- :mod:`~kdgen.running.sweep`: ``kdgen sweep``, the grid points of a :mod:`kdgen.sweep_plan` run with unit reuse.
 - :mod:`~kdgen.running.transfer`: frozen models' features probed on other data.
 - :mod:`~kdgen.running.inference`: ``kdgen.load`` and ``kdgen predict``.
 """

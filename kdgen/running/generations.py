@@ -24,8 +24,9 @@ from kdgen.checkpoint import load_model
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
+from kdgen.folders import Row, unit_name
 from kdgen.running.inference import example_shape
-from kdgen.running.run_folder import Row, RunFolder, unit_name
+from kdgen.running.run_folder import RunFolder
 from kdgen.running.unit_cache import CachedUnit, UnitCache
 from kdgen.training.augment import Normalizer
 from kdgen.training.batches import steps_per_epoch

@@ -18,7 +18,7 @@ from torch import nn
 
 from kdgen.checkpoint import load_state, read_json
 from kdgen.errors import UserError
-from kdgen.running.run_folder import CONFIG_FILE, RESULTS_FILE, checkpoint_relpath, saved_config
+from kdgen.folders import CONFIG_FILE, RESULTS_FILE, checkpoint_relpath, saved_config
 
 if TYPE_CHECKING:
     from kdgen.config import Config

@@ -31,26 +31,11 @@ from torch import nn
 
 from kdgen.checkpoint import atomic_write, check_safetensors, link, load_model, read_json, save_model, write_json
 from kdgen.errors import CheckpointError, UserError
+from kdgen.folders import CONFIG_FILE, RESULTS_FILE, Row, unit_name
 from kdgen.training.resume import EpochState, load_state, save_state
 
 if TYPE_CHECKING:
     from kdgen.config import Config
-
-Row = dict[str, Any]
-CONFIG_FILE = "config.yaml"
-RESULTS_FILE = "results.json"
-TRANSFER_DIR = "transfer"  # kdgen transfer's probe results, one file per probe data set
-
-
-def unit_name(arm: str, seed: int, generation: int) -> str:
-    """The name of a unit's checkpoint (and of its entry in results.json's ``done``)."""
-    return f"{arm}-seed{seed}-gen{generation}"
-
-
-def checkpoint_relpath(arm: str, seed: int, generation: int) -> str:
-    """Where a unit's weights are, relative to the run folder."""
-    return f"checkpoints/{unit_name(arm, seed, generation)}.safetensors"
-
 
 def new_run_dir(base: Path = Path("runs")) -> Path:
     """A fresh folder name under ``runs/``: a timestamp, with a suffix if it is taken."""
@@ -81,18 +66,6 @@ def make_out_dir(out: Path) -> None:
 def nothing_to_resume(out: Path) -> bool:
     """A run killed before it wrote anything: there is nothing to continue (start afresh)."""
     return not out.exists() or (out.is_dir() and not any(out.iterdir()))
-
-
-def saved_config(out: Path) -> "Config":
-    """The config a run folder was started with."""
-    from kdgen.config import build_config, read_yaml, upgrade_recorded
-
-    path = out / CONFIG_FILE
-    if not out.is_dir():
-        raise UserError(f"--resume: {str(out)!r} is not a run folder")
-    if not path.is_file():
-        raise UserError(f"--resume: {str(out)!r} has no {CONFIG_FILE} (not a kdgen run folder)")
-    return build_config(upgrade_recorded(read_yaml(path)), str(path))
 
 
 def write_config(out: Path, cfg: "Config") -> None:

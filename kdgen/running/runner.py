@@ -19,12 +19,13 @@ from kdgen.checkpoint import write_json
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
+from kdgen.folders import Row, saved_config
 from kdgen.reporting.page import build_report
 from kdgen.reporting.results import Results
 from kdgen.reporting.tables import console_summary
 from kdgen.running.generations import GenerationsRunner, units
-from kdgen.running.run_folder import (Row, RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
-                                      saved_config, write_config)
+from kdgen.running.run_folder import (RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
+                                      write_config)
 from kdgen.running.unit_cache import UnitCache
 from kdgen.training.batches import check_share
 from kdgen.training.loop import StopFlag, TrainingInterrupted

@@ -19,8 +19,8 @@ from kdgen.errors import UserError
 from kdgen.reporting.sweep_page import build_sweep_report
 from kdgen.running.run_folder import check_new_out_dir, make_out_dir
 from kdgen.running.runner import run_experiment, start_parallel, together
-from kdgen.running.sweep_plan import SweepPlan
 from kdgen.running.unit_cache import UnitCache
+from kdgen.sweep_plan import SweepPlan
 
 if TYPE_CHECKING:
     from kdgen.training.loop import StopFlag

@@ -36,7 +36,7 @@ from torch import nn
 from kdgen.checkpoint import read_json, write_json
 from kdgen.config import DataConfig, apply_overrides, format_validation_error
 from kdgen.errors import ConfigError, UserError
-from kdgen.running.run_folder import CONFIG_FILE, RESULTS_FILE, TRANSFER_DIR, Row
+from kdgen.folders import CONFIG_FILE, RESULTS_FILE, TRANSFER_DIR, Row
 
 # ITU-R BT.601 luma: what a grey version of an RGB image means in MNIST-like data.
 LUMA = (0.299, 0.587, 0.114)

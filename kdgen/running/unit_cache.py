@@ -38,7 +38,7 @@ from typing import Any
 from kdgen import arms
 from kdgen.checkpoint import link, read_json, write_json
 from kdgen.config import Config
-from kdgen.running.run_folder import Row
+from kdgen.folders import Row
 from kdgen.training.loop import REVISION as train_revision
 
 # Runtime settings that never change a unit's result beyond float rounding (compile and deterministic pick other

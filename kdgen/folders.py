@@ -1,0 +1,42 @@
+"""What kdgen writes where: the names inside a run folder, and reading back the config a run was started with.
+
+Shared by the code that writes run folders (:mod:`kdgen.running`) and the code that reads them
+(:mod:`kdgen.reporting`, ``kdgen.load``), so neither needs the other for a file name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdgen.errors import UserError
+
+if TYPE_CHECKING:
+    from kdgen.config import Config
+
+Row = dict[str, Any]
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.json"
+TRANSFER_DIR = "transfer"  # kdgen transfer's probe results, one file per probe data set
+
+
+def unit_name(arm: str, seed: int, generation: int) -> str:
+    """The name of a unit's checkpoint (and of its entry in results.json's ``done``)."""
+    return f"{arm}-seed{seed}-gen{generation}"
+
+
+def checkpoint_relpath(arm: str, seed: int, generation: int) -> str:
+    """Where a unit's weights are, relative to the run folder."""
+    return f"checkpoints/{unit_name(arm, seed, generation)}.safetensors"
+
+
+def saved_config(out: Path) -> "Config":
+    """The config a run folder was started with."""
+    from kdgen.config import build_config, read_yaml, upgrade_recorded
+
+    path = out / CONFIG_FILE
+    if not out.is_dir():
+        raise UserError(f"--resume: {str(out)!r} is not a run folder")
+    if not path.is_file():
+        raise UserError(f"--resume: {str(out)!r} has no {CONFIG_FILE} (not a kdgen run folder)")
+    return build_config(upgrade_recorded(read_yaml(path)), str(path))
