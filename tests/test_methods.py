@@ -222,3 +222,19 @@ def test_an_arm_with_two_teachers_hands_both_to_the_loss(tiny_data, monkeypatch)
     rows = GenerationsRunner(cfg, tiny_data, lambda: build("cnn-tiny", 4, 1)).run()
     steps = len(tiny_data.train) // cfg.train.batch_size
     assert seen == [1] * steps + [2] * steps and len({r["generation"] for r in rows}) == 3
+
+
+def test_a_loss_reading_features_gets_every_teachers_own(tiny_cfg, tiny_data):
+    class TwoTeachers(Hint):
+        def forward(self, step):
+            assert len(step.teachers_features) == 2 and step.teacher_features is step.teachers_features[0]
+            first, second = (f["features.7"] for f in step.teachers_features)
+            self.differ = not torch.equal(first, second)  # two models with other weights: other features
+            return super().forward(step)
+
+    torch.manual_seed(0)
+    teachers = [freeze_teacher(build("cnn-tiny", 4, 1)), freeze_teacher(build("cnn-tiny", 4, 1))]
+    method = TwoTeachers()
+    train_generation(build("cnn-tiny", 4, 1), tiny_data, tiny_cfg.train, GenerationObjective(method=method), seed=0,
+                     teacher=teachers)
+    assert method.differ and all(not m._forward_hooks for t in teachers for m in t.modules())

@@ -45,8 +45,8 @@ class Step:
     ``teacher_logits`` the frozen teacher's on the same augmented batch (None without a teacher; with
     several teachers, the first one's, and ``teachers_logits`` holds every teacher's in order).
     ``features`` and ``teacher_features`` hold the outputs of the modules the loss named in
-    :attr:`GenerationLoss.features`, by name (the teacher's: the first teacher's). ``student`` and
-    ``teacher`` are the models themselves.
+    :attr:`GenerationLoss.features`, by name (the teacher's: the first teacher's; ``teachers_features``
+    every teacher's, in order). ``student`` and ``teacher`` are the models themselves.
     """
 
     inputs: torch.Tensor
@@ -59,6 +59,7 @@ class Step:
     student: nn.Module | None = None
     teacher: nn.Module | None = None
     teachers_logits: list[torch.Tensor] = field(default_factory=list)
+    teachers_features: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
 class GenerationLoss(nn.Module):

@@ -200,13 +200,13 @@ class Placement:
         self.model, self.teacher = model, teachers[0] if teachers else None
         self.student = maybe_compile(trained, runtime.compile)
         self.student_tap = FeatureTap(model, loss.features) if loss.features else None
-        self.teacher_tap = None
+        self.teacher_taps: list[FeatureTap] = []
         self.teach = []
-        for index, teacher in enumerate(teachers):
+        for teacher in teachers:
             runnable = teacher if loss.features else fold_batchnorm(teacher)
             self.teach.append(maybe_compile(runnable.to(device, memory_format=self.memory_format), runtime.compile))
-            if loss.features and index == 0:
-                self.teacher_tap = FeatureTap(runnable, loss.features)
+            if loss.features:
+                self.teacher_taps.append(FeatureTap(runnable, loss.features))
         self.normalize = Normalizer(data.mean, data.std, device)
         self.autocast = runtime.autocast()
         self.kernels = runtime.kernels()  # cuDNN and determinism settings, for this generation's steps only
@@ -215,22 +215,22 @@ class Placement:
     def step(self, images: torch.Tensor, targets: torch.Tensor, progress: Progress) -> Step:
         """Normalise, run the frozen teacher and the student, and collect what the loss asked for."""
         inputs = self.normalize(images).contiguous(memory_format=self.memory_format)
-        teachers_logits, teacher_features = [], {}
+        teachers_logits = []
         for teach in self.teach:
             with torch.inference_mode(), self.autocast:
                 teacher_logits = teach(inputs)
             teachers_logits.append(teacher_logits.clone())  # a normal tensor, usable next to autograd
-        if self.teacher_tap is not None:
-            teacher_features = {name: out.clone() for name, out in self.teacher_tap.take().items()}
+        teachers_features = [{name: out.clone() for name, out in tap.take().items()} for tap in self.teacher_taps]
         with self.autocast:
             logits = self.student(inputs)
         features = self.student_tap.take() if self.student_tap is not None else {}
         return Step(inputs, targets, logits, progress, teachers_logits[0] if teachers_logits else None, features,
-                    teacher_features, self.model, self.teacher, teachers_logits)
+                    teachers_features[0] if teachers_features else {}, self.model, self.teacher, teachers_logits,
+                    teachers_features)
 
     def close(self) -> None:
         """Remove the feature hooks and undo the parallel wrapping: the model leaves as it came."""
-        for tap in (self.student_tap, self.teacher_tap):
+        for tap in [self.student_tap, *self.teacher_taps]:
             if tap is not None:
                 tap.remove()
         self.end_parallel()
