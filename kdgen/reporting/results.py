@@ -196,13 +196,18 @@ class Results:
                     found += [(arm, other, "single"), (arm, other, "ensemble")]
         return found
 
+    def common_generations(self, arm: str, other: str, split: str, kind: str = "single",
+                           metric: str = "top1") -> list[int]:
+        """The generations at which both arms have ``kind`` models with ``metric`` on ``split``, ascending."""
+        values = self.values(split, metric)
+        return sorted({g for (a, g, k) in values if a == arm and k == kind}
+                      & {g for (a, g, k) in values if a == other and k == kind})
+
     def paired(self, arm: str, other: str, split: str, kind: str = "single", metric: str = "top1") -> dict[int, Paired]:
         """``arm − other`` per generation both have, paired by seed (see :func:`kdgen.reporting.statistics.paired`)."""
         values = self.values(split, metric)
-        generations = sorted({g for (a, g, k) in values if a == arm and k == kind}
-                             & {g for (a, g, k) in values if a == other and k == kind})
         result = {}
-        for generation in generations:
+        for generation in self.common_generations(arm, other, split, kind, metric):
             found = paired(values[(arm, generation, kind)], values[(other, generation, kind)])
             if found is not None:
                 result[generation] = found

@@ -85,11 +85,10 @@ def findings(results: Results, split: str = "test") -> list[Finding]:
     values = results.values(split)
     result = []
     for arm, other, kind in verdict_comparisons(results):
-        common = {g for (a, g, k) in values if a == arm and k == kind} & \
-                 {g for (a, g, k) in values if a == other and k == kind}
+        common = results.common_generations(arm, other, split, kind)
         if not common:
             continue
-        generation = max(common)
+        generation = common[-1]
         found = finding(values[(arm, generation, kind)], values[(other, generation, kind)], arm, other, kind, generation)
         if found is not None:
             result.append(found)

@@ -32,7 +32,7 @@ class Classifier(nn.Module):
     ``members`` are one model, or the generations of an ensemble whose softmax outputs are averaged.
     ``class_names[i]`` names output ``i``; ``image_shape`` is the ``(C, H, W)`` the models were trained on.
     The forward pass is the run's own evaluation: BatchNorm folded into the convolutions, in
-    ``precision`` (``bf16`` autocast or ``fp32``) and ``channels_last`` as recorded, so a model gives
+    ``precision`` (``bf16`` or ``fp16`` autocast, or ``fp32``) and ``channels_last`` as recorded, so a model gives
     the classes its run reported (bf16 rounding depends on the folding).
     """
 
@@ -58,14 +58,14 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         from kdgen.training.fast import fold_batchnorm
-        from kdgen.training.runtime import memory_format
+        from kdgen.training.runtime import autocast, memory_format
 
         if images.dtype != torch.uint8:
             raise TypeError(f"expected uint8 images (N, C, H, W), got {images.dtype}")
         if self._folded is None:
             self._folded = [fold_batchnorm(member) for member in self.members]
         x = (images.float() * self.scale - self.shift).contiguous(memory_format=memory_format(self.channels_last))
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with autocast(x.device.type, self.precision):
             return torch.stack([model(x).float().softmax(dim=-1) for model in self._folded]).mean(dim=0)
 
 

@@ -38,14 +38,14 @@ def run_sweep(plan: SweepPlan, out: Path, *, resume: bool = False, echo: bool = 
     process trains its own and puts them in the shared unit cache, and rank 0 writes the point's
     results.json and the summary. Rows and summary equal a one-process sweep's at the same thread count.
     """
-    base = plan.config_for(plan.points()[0])
+    points = plan.points()
+    base = plan.config_for(points[0])
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     mode = base.runtime.parallel if base.runtime.parallel != "none" or world == 1 else "chains"
     parallel = start_parallel(base.runtime, mode)
     try:
         together(parallel, lambda: _open(plan, out, resume) if parallel.is_leader else None)
         cache = UnitCache(units if units is not None else out / "units")
-        points = plan.points()
         for index, point in enumerate(points):
             run_dir = out / "runs" / point.name
             # One view of the folder for every process (rank 0's), so all make the same choice.

@@ -146,7 +146,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, mean: Iterable[floa
     and ``channels_last`` where the run used them): 10x faster on a CPU than plain fp32 NCHW.
     """
     from kdgen.training.fast import fold_batchnorm
-    from kdgen.training.runtime import memory_format
+    from kdgen.training.runtime import autocast, memory_format
 
     name, module = feature_module(model, layer)
     was_training = model.training
@@ -163,7 +163,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, mean: Iterable[floa
         for start in range(0, len(images), batch_size):
             x = ((images[start:start + batch_size].float() / 255.0 - mean_t) / std_t)
             x = x.contiguous(memory_format=memory_format(channels_last))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast("cpu", precision):
                 folded(x)
     finally:
         handle.remove()

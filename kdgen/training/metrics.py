@@ -9,7 +9,7 @@ from kdgen.data.base import AnySplit
 from kdgen.training.augment import Normalizer
 from kdgen.training.batches import eval_batches
 from kdgen.training.fast import fold_batchnorm
-from kdgen.training.runtime import memory_format, resolve_precision
+from kdgen.training.runtime import autocast, memory_format, resolve_precision
 
 ECE_BINS = 15
 
@@ -29,11 +29,8 @@ def predict_probs(model: nn.Module, split: AnySplit, normalizer: Normalizer, *, 
     folded = fold_batchnorm(model)
     layout = memory_format(channels_last)
     outputs = []
-    resolved = resolve_precision(precision, device)
-    autocast = torch.autocast(device.type, dtype=torch.float16 if resolved == "fp16" else torch.bfloat16,
-                              enabled=resolved in ("bf16", "fp16"))
     for images, _ in eval_batches(split, batch_size, device, workers):
-        with autocast:
+        with autocast(device.type, resolve_precision(precision, device)):
             logits = folded(normalizer(images).contiguous(memory_format=layout))
         outputs.append(logits.float().softmax(dim=-1).cpu())
     model.train(was_training)

@@ -66,6 +66,13 @@ def native_bf16(device: torch.device) -> bool:
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
 
 
+def autocast(device_type: str, precision: str) -> torch.autocast:
+    """The autocast a resolved ``precision`` means on a device of ``device_type``: bf16 or fp16, else disabled.
+    Training, evaluation, ``kdgen.load`` and ``kdgen transfer`` all run a model under this one."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
+
+
 def warn_if_emulated(precision: str, device: torch.device) -> None:
     """An explicit ``bf16`` where it is not native is kept (the user asked for it), with one line of warning."""
     if precision == "bf16" and not native_bf16(device):
@@ -133,8 +140,7 @@ class Runtime:
 
     def autocast(self) -> torch.autocast:
         """bf16 or fp16 autocast when ``precision`` asks for it, a disabled one otherwise."""
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in ("bf16", "fp16"))
+        return autocast(self.device.type, self.precision)
 
     def grad_scaler(self) -> "torch.amp.GradScaler | None":
         """fp16 needs its loss scaled (small gradients would underflow to zero); None for fp32 and bf16."""

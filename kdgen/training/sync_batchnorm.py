@@ -17,6 +17,16 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
+def _share_tensors(target: _BatchNorm, source: _BatchNorm) -> _BatchNorm:
+    """``target`` holds ``source``'s parameters and running buffers (the same objects) and its train/eval mode:
+    training either trains both."""
+    target.weight, target.bias = source.weight, source.bias
+    target.running_mean, target.running_var = source.running_mean, source.running_var
+    target.num_batches_tracked = source.num_batches_tracked
+    target.train(source.training)
+    return target
+
+
 class _SumOverRanks(torch.autograd.Function):
     """``all_reduce(SUM)`` that autograd sees through: the gradient of a sum over ranks is the sum
     of every rank's gradient (each rank's loss used the same total)."""
@@ -43,11 +53,7 @@ class CrossRankBatchNorm(_BatchNorm):
                          original.track_running_stats)
         self.original_class = type(original)
         self.group = group
-        # The same Parameter and buffer objects: training this module trains the original's.
-        self.weight, self.bias = original.weight, original.bias
-        self.running_mean, self.running_var = original.running_mean, original.running_var
-        self.num_batches_tracked = original.num_batches_tracked
-        self.train(original.training)
+        _share_tensors(self, original)  # training this module trains the original's tensors
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -89,12 +95,8 @@ def _torch_sync(original: _BatchNorm, group: dist.ProcessGroup | None) -> nn.Syn
     """An ``nn.SyncBatchNorm`` holding ``original``'s parameters and running buffers (the same objects)."""
     sync = nn.SyncBatchNorm(original.num_features, original.eps, original.momentum, original.affine,
                             original.track_running_stats, process_group=group)
-    sync.weight, sync.bias = original.weight, original.bias
-    sync.running_mean, sync.running_var = original.running_mean, original.running_var
-    sync.num_batches_tracked = original.num_batches_tracked
     sync.original_class = type(original)  # what revert() puts back
-    sync.train(original.training)
-    return sync
+    return _share_tensors(sync, original)
 
 
 def convert(model: nn.Module, group: dist.ProcessGroup | None = None, *,
@@ -116,11 +118,7 @@ def revert(model: nn.Module) -> nn.Module:
         if isinstance(child, (CrossRankBatchNorm, nn.SyncBatchNorm)) and hasattr(child, "original_class"):
             plain = child.original_class(child.num_features, child.eps, child.momentum, child.affine,
                                          child.track_running_stats)
-            plain.weight, plain.bias = child.weight, child.bias
-            plain.running_mean, plain.running_var = child.running_mean, child.running_var
-            plain.num_batches_tracked = child.num_batches_tracked
-            plain.train(child.training)
-            setattr(model, name, plain)
+            setattr(model, name, _share_tensors(plain, child))
         else:
             revert(child)
     return model
