@@ -46,20 +46,24 @@ def bundle_from_tensors(train_images: torch.Tensor, train_labels: torch.Tensor, 
     return make_bundle(source, val_fraction, split_seed, train_per_class=train_per_class)
 
 
-def train_generations(model_factory: Callable[[], nn.Module], data: DataBundle, cfg: Config | None = None, *,
-                      out_dir: str | Path | None = None, resume: bool = False, echo: bool = False) -> list[Row]:
+def train_generations(model_factory: Callable[[], nn.Module] | Sequence[Callable[[], nn.Module]], data: DataBundle,
+                      cfg: Config | None = None, *, out_dir: str | Path | None = None, resume: bool = False,
+                      echo: bool = False) -> list[Row]:
     """Train every arm, seed and generation of ``cfg`` with models from ``model_factory``.
 
     The same pipeline as ``kdgen run`` (same checks, config.yaml, run folder, report), with your
     data and model: ``model_factory`` must return a *new* model each call (it is seeded per
-    generation before the call); ``cfg.data`` and ``cfg.model`` are not used. With ``out_dir``,
+    generation before the call); a list of factories gives each generation its own model, patriarch first, the
+    last repeating (a large teacher, compact students); ``cfg.data``, ``cfg.model`` and ``cfg.generations.models``
+    are not used. With ``out_dir``,
     config.yaml, checkpoints, results.json and the report are written there, and ``resume=True``
     continues an interrupted call (same data, factory and config). Returns the tidy rows of results.json.
     """
+    from kdgen.running.generations import ChainModels
     from kdgen.running.runner import ORIGIN_API, run_pipeline
 
     out = Path(out_dir) if out_dir is not None else None
-    _, rows = run_pipeline(cfg or Config(), data, model_factory, out, model_name="custom", data_name="your data",
+    _, rows = run_pipeline(cfg or Config(), data, ChainModels.from_user(model_factory), out, data_name="your data",
                            origin=ORIGIN_API, resume=resume, echo=echo)
     return rows
 

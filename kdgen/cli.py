@@ -124,7 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, metavar="FILE", help="CSV file to write (a new file; default stdout)")
 
     commands.add_parser("arms", help="list the registered arms, with what each does")
-    commands.add_parser("models", help="list the registered model names")
+    models = commands.add_parser("models", help="list the registered models with parameters and forward FLOPs",
+                                 description="Every registered model with its trainable parameters and forward FLOPs "
+                                 "per image (two per multiply-add of convolutions and matrix products), so a chain's "
+                                 "compression is visible before training (generations.models).")
+    models.add_argument("--input", default="3x32x32", metavar="CxHxW",
+                        help="image shape to count FLOPs at (default 3x32x32, CIFAR; 1x28x28 for Fashion-MNIST)")
+    models.add_argument("--classes", type=int, default=10, metavar="N", help="classes of the output layer (default 10)")
+    models.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
     commands.add_parser("sources", help="list the data sources")
     config = commands.add_parser("config", help="print the resolved config (defaults + file + overrides) as YAML")
     config.add_argument("--config", type=Path, metavar="FILE")
@@ -292,6 +299,34 @@ def _print_error(exc: UserError) -> None:
         print(f"kdgen: error{f' (rank {own})' if own else ''}: {exc}", file=sys.stderr)
 
 
+def _models(args: argparse.Namespace) -> int:
+    from kdgen.models import build, names, profile
+
+    try:
+        shape = [int(part) for part in args.input.lower().split("x")]
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--input {args.input!r}: give the image shape as CxHxW, e.g. 3x32x32 or 1x28x28") from None
+    if args.classes < 2:
+        raise UserError(f"--classes {args.classes}: a classifier needs at least 2 classes")
+    unknown = [name for name in args.names if name not in names()]
+    if unknown:
+        raise UserError(f"unknown model {unknown[0]!r}; registered: {', '.join(names())}")
+    rows = []
+    for name in args.names or names():
+        try:
+            found = profile(build(name, args.classes, shape[0]), shape, name)
+            rows.append([name, f"{found.params:,}", f"{found.flops / 1e6:,.2f}"])
+        except Exception as exc:  # noqa: BLE001 - a model that cannot take this size says so on its line
+            rows.append([name, "–", f"cannot take {args.input} ({type(exc).__name__})"])
+    header = ["model", "parameters", f"MFLOPs at {args.input}"]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+    for line in [header] + rows:
+        print(f"{line[0]:<{widths[0]}}  {line[1]:>{widths[1]}}  {line[2]:>{widths[2]}}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kdgen`` command; returns the exit code."""
     parser = build_parser()
@@ -322,10 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(f"{name:<{width}}  {arms.get(name).description}" for name in arms.names()))
             return 0
         if args.command == "models":
-            from kdgen.models import names
-
-            print("\n".join(names()))
-            return 0
+            return _models(args)
         if args.command == "sources":
             from kdgen.data import names as source_names
 

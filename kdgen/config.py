@@ -99,8 +99,18 @@ class DataConfig(_Strict):
         return value
 
 
+def _known_model(value: str) -> str:
+    from kdgen.models import names
+
+    if value not in names():
+        close = difflib.get_close_matches(value, names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown model {value!r}{hint}; see `kdgen models`")
+    return value
+
+
 class ModelConfig(_Strict):
-    """The architecture every generation of every arm shares."""
+    """The architecture of every generation of every arm (unless ``generations.models`` names one per generation)."""
 
     # A registered model (`kdgen models`): cnn, cnn-tiny, mlp, resnet20/32/56/110, wrn-16-2, densenet-bc-100, resnet18...
     name: str = "cnn"
@@ -108,13 +118,7 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from kdgen.models import names
-
-        if value not in names():
-            close = difflib.get_close_matches(value, names(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown model {value!r}{hint}; see `kdgen models`")
-        return value
+        return _known_model(value)
 
 
 class TrainConfig(_Strict):
@@ -156,6 +160,28 @@ class GenerationsConfig(_Strict):
     count: int = Field(2, ge=0, le=100)
     # Registered arms (kdgen.arms): baseline, strict, tolerant, snapshot, ...
     arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
+    # The model of each generation, [PATRIARCH, GEN1, ...], the last repeating for later generations: [resnet20,
+    # cnn-tiny] is a resnet20 teacher educating cnn-tiny students. The baseline arm then trains each generation's
+    # architecture alone, so "student - baseline" is the student against its own architecture. None: model.name for all.
+    models: list[str] | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("give at least one model, or leave it unset (model.name for every generation)")
+            for name in value:
+                _known_model(name)
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_models(self, handler: Any) -> dict[str, Any]:
+        # A config without per-generation models serialises as before the key existed: same config.yaml.
+        data = handler(self)
+        if data.get("models") is None:
+            data.pop("models", None)
+        return data
 
     @field_validator("arms")
     @classmethod
@@ -277,6 +303,23 @@ class _ConfigBase(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def model_of(self, generation: int) -> str:
+        """The registered model of ``generation`` (0: the patriarch): ``generations.models``, else ``model.name``."""
+        models = self.generations.models
+        if not models:
+            return self.model.name
+        return models[min(generation, len(models) - 1)]
+
+    @property
+    def chain_models(self) -> list[str]:
+        """The model of every generation of a chain, patriarch first."""
+        return [self.model_of(g) for g in range(self.generations.count + 1)]
+
+    @property
+    def changes_architecture(self) -> bool:
+        """Whether some generation's architecture differs from the patriarch's."""
+        return len(set(self.chain_models)) > 1
 
 
 Config = create_model("Config", __base__=_ConfigBase, __module__=__name__,

@@ -18,6 +18,8 @@ Row = dict[str, Any]
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
 TRANSFER_DIR = "transfer"  # kdgen transfer's probe results, one file per probe data set
+# Each generation's model: {"generations": [{"generation", "model", "params", "flops", "image_shape"}, ...]}
+ARCHITECTURES_FILE = "architectures.json"
 
 
 def unit_name(arm: str, seed: int, generation: int) -> str:
@@ -40,3 +42,17 @@ def saved_config(out: Path) -> "Config":
     if not path.is_file():
         raise UserError(f"--resume: {str(out)!r} has no {CONFIG_FILE} (not a kdgen run folder)")
     return build_config(upgrade_recorded(read_yaml(path)), str(path))
+
+
+def read_architectures(out: Path) -> list[dict[str, Any]] | None:
+    """Each generation's model (name, parameters, forward FLOPs per image) as the run recorded it; None for a run
+    folder written before kdgen recorded them."""
+    from kdgen.checkpoint import read_json
+
+    path = Path(out) / ARCHITECTURES_FILE
+    if not path.is_file():
+        return None
+    try:
+        return list(read_json(path)["generations"])
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -57,6 +57,13 @@ def format_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
 
 
+def label_value(value: Any) -> str:
+    """A value as a point's folder name shows it: a section such as ``{method: tsd, eta: 0.74}`` as ``tsd-eta0.74``."""
+    if isinstance(value, dict):
+        return "-".join(str(v) if k == "method" else f"{k}{format_value(v)}" for k, v in value.items())
+    return format_value(value)
+
+
 def split_values(text: str) -> list[str]:
     """Split on commas outside brackets, so ``train.milestones=[0.5,0.75],[0.3]`` has two values."""
     parts, depth, current = [], 0, ""
@@ -122,7 +129,7 @@ def grid_points(axes: list[GridAxis]) -> list[Point]:
     points = []
     for index, combo in enumerate(itertools.product(*(axis.values for axis in axes))):
         settings = {k: v for axis, value in zip(axes, combo) for k, v in axis.settings(value).items()}
-        label = "_".join(f"{short_name(k, keys)}={format_value(v)}" for k, v in settings.items())
+        label = "_".join(f"{short_name(k, keys)}={label_value(v)}" for k, v in settings.items())
         label = re.sub(r"[^A-Za-z0-9.=_+-]", "", label)[:120]
         points.append(Point(f"{index:0{width}d}_{label}", settings))
     return points

@@ -23,9 +23,8 @@ from kdgen.checkpoint import link, read_json, write_json
 from kdgen.data import load_bundle
 from kdgen.errors import UserError
 from kdgen.folders import saved_config
-from kdgen.models import build
 from kdgen.reporting.page import build_report
-from kdgen.running.generations import GenerationsRunner, Unit
+from kdgen.running.generations import ChainModels, GenerationsRunner, Unit
 from kdgen.running.run_folder import check_new_out_dir, write_config
 
 
@@ -36,7 +35,7 @@ def reevaluate(old: Path, new: Path) -> Counter:
         raise UserError(f"{old}: the run is not finished")
     check_new_out_dir(new)
     data = load_bundle(cfg.data)
-    runner = GenerationsRunner(cfg, data, lambda: build(cfg.model.name, data.num_classes, data.channels))
+    runner = GenerationsRunner(cfg, data, ChainModels.from_config(cfg, data.num_classes, data.channels))
     rows, extras = [], {}
     for seed in cfg.seeds:
         for name in cfg.generations.arms:

@@ -76,6 +76,18 @@ class Arm:
         """
         return list(range(1, generation + 1))
 
+    def lineage(self, generation: int) -> list[int]:
+        """``generation`` and every earlier generation its weights depend on: its start and its teachers, and
+        theirs, in order. Their architectures join the unit's key when a chain changes architecture."""
+        seen: set[int] = set()
+        pending = [generation]
+        while pending:
+            g = pending.pop()
+            if g not in seen:
+                seen.add(g)
+                pending.extend(j for j in (self.start(g), *self.teachers(g)) if j is not None)
+        return sorted(seen)
+
     def cost_epochs(self, generation: int, kind: str) -> float:
         """Training epochs spent to obtain ``generation``'s single model (or its ensemble): the equal-cost x axis."""
         raise NotImplementedError

@@ -7,7 +7,8 @@ Register new ones with :func:`register`.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from torch import nn
 
@@ -67,4 +68,41 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["build", "count_parameters", "he_init", "names", "register"]
+@dataclass(frozen=True)
+class Profile:
+    """What a model costs: trainable parameters, and forward FLOPs per image at ``image_shape`` (C, H, W)."""
+
+    name: str
+    params: int
+    flops: int
+    image_shape: tuple[int, ...]
+
+
+def profile(model: nn.Module, image_shape: Sequence[int], name: str = "") -> Profile:
+    """Parameters and forward FLOPs of one image of ``image_shape`` through ``model`` (eval mode, no gradients).
+
+    FLOPs are PyTorch's count (:class:`torch.utils.flop_counter.FlopCounterMode`): two per multiply-add of the
+    convolutions and matrix products, the layers that dominate; element-wise layers are not counted. Raises what
+    the model raises when it cannot take such images.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    # Two images: a batch of one is refused by BatchNorm in train mode and by some models' reshapes.
+    example = torch.zeros(2, *image_shape, device=device)
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    return Profile(name, count_parameters(model), counter.get_total_flops() // 2, tuple(int(s) for s in image_shape))
+
+
+__all__ = ["Profile", "build", "count_parameters", "he_init", "names", "profile", "register"]

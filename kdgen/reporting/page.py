@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Union
 
 from kdgen.checkpoint import write_json
+from kdgen.folders import read_architectures
 from kdgen.reporting.formatting import markdown_table
 from kdgen.reporting.results import Results, format_cell
 from kdgen.reporting.tables import diff_table, gains_table, secondary_table, summary_table, trend_table
@@ -96,19 +97,61 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
     path.write_text(to_html(title, blocks), encoding="utf-8")
 
 
-def verdict_blocks(results: Results, best: dict[str, object] | None, run_name: str) -> list[Block]:
+def chain_models(architectures: list[dict] | None) -> list[str] | None:
+    """Each generation's architecture, where a run's chain changes architecture (else None)."""
+    names = [str(a["model"]) for a in architectures or []]
+    return names if len(set(names)) > 1 else None
+
+
+def _size(params: float) -> str:
+    return f"{params / 1e6:.2f}M" if params >= 1e6 else f"{params / 1e3:.1f}k"
+
+
+def architecture_sentence(architectures: list[dict]) -> str:
+    """What a chain that changes architecture compares: the patriarch's model against the students', and how
+    much smaller they are; and what 'against baseline' means then."""
+    patriarch = architectures[0]
+    parts = []
+    for name in dict.fromkeys(str(a["model"]) for a in architectures[1:]):
+        generations = [int(a["generation"]) for a in architectures if a["model"] == name and a["generation"] > 0]
+        one = next(a for a in architectures if a["model"] == name)
+        span = f"generation {generations[0]}" if len(generations) == 1 else f"generations {generations[0]}–{generations[-1]}"
+        ratio = (f"{patriarch['params'] / one['params']:.1f}× fewer parameters and "
+                 f"{patriarch['flops'] / max(one['flops'], 1):.1f}× fewer FLOPs than the patriarch"
+                 if one["params"] < patriarch["params"] else
+                 f"{one['params'] / patriarch['params']:.1f}× the patriarch's parameters")
+        parts.append(f"{span} **{name}** ({_size(one['params'])} parameters, "
+                     f"{one['flops'] / 1e6:.3g} MFLOPs per image: {ratio})")
+    return (f"**A chain that changes architecture:** the patriarch is **{patriarch['model']}** "
+            f"({_size(patriarch['params'])} parameters, {patriarch['flops'] / 1e6:.3g} MFLOPs per image); "
+            + "; ".join(parts) + ". The baseline arm trains each generation's architecture alone, so "
+            "'− baseline' at a generation compares a taught student with its own architecture trained without a "
+            "teacher.")
+
+
+def verdict_blocks(results: Results, best: dict[str, object] | None, run_name: str,
+                   architectures: list[dict] | None = None) -> list[Block]:
     """The answer to the run's question, computed from the test rows, and the model to keep."""
     from kdgen.reporting.verdict import findings, headline
 
-    found = findings(results, "test")
+    models = chain_models(architectures)
+    found = findings(results, "test", models)
     seeds = results.seeds
     blocks: list[Block] = [("h2", "Verdict"), ("p", f"**{headline(found)}**")]
-    items = [f.sentence() for f in found]
+    items = ([architecture_sentence(architectures)] if models and architectures else []) + [f.sentence() for f in found]
     if best is not None:
         which = f"{best['arm']}/{best['seed']}/{best['generation']}"
-        items.append(f"Model to keep, chosen on the val split only: **{best['arm']} generation {best['generation']}, "
+        model = f" ({models[int(best['generation'])]})" if models and int(best["generation"]) < len(models) else ""  # type: ignore[arg-type]
+        items.append(f"Model to keep, chosen on the val split only: **{best['arm']} generation {best['generation']}{model}, "
                      f"seed {best['seed']}** (val top-1 {float(best['val_top1']):.2f} %, file {best['checkpoint']}); "
                      f"use it with `kdgen predict {run_name} IMAGES --which {which}` or `kdgen.load(run_dir)`.")
+    if models and best is not None and models[int(best["generation"])] != models[-1]:  # type: ignore[arg-type]
+        compact = results.best_unit(g for g, name in enumerate(models) if name == models[-1])
+        if compact is not None:
+            which = f"{compact['arm']}/{compact['seed']}/{compact['generation']}"
+            items.append(f"Best **{models[-1]}** model, chosen on the val split only: **{compact['arm']} generation "
+                         f"{compact['generation']}, seed {compact['seed']}** (val top-1 {float(compact['val_top1']):.2f} %): "
+                         f"`kdgen predict {run_name} IMAGES --which {which}`.")
     ceiling = ceiling_note(results, found)
     if ceiling:
         items.append(ceiling)
@@ -117,6 +160,16 @@ def verdict_blocks(results: Results, best: dict[str, object] | None, run_name: s
                         "paired by seed (95 % confidence interval from the t distribution, two-sided paired t-test); "
                         "'better' or 'worse' only at p < 0.05."))
     return blocks
+
+
+def architecture_table(architectures: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """gen, model, parameters, MFLOPs per image, and each relative to the patriarch's."""
+    patriarch = architectures[0]
+    header = ["gen", "model", "parameters", "MFLOPs / image", "parameters / patriarch's", "FLOPs / patriarch's"]
+    body = [[str(a["generation"]), str(a["model"]), f"{int(a['params']):,}", f"{a['flops'] / 1e6:.3g}",
+             f"{a['params'] / patriarch['params']:.2f}", f"{a['flops'] / max(patriarch['flops'], 1):.2f}"]
+            for a in architectures]
+    return header, body
 
 
 def ceiling_note(results: Results, found: list) -> str | None:
@@ -161,15 +214,20 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
     best = results.best_unit()
     if best is not None:
         write_json(run_dir / "best.json", best)
-    blocks = verdict_blocks(results, best, str(run_dir))
+    architectures = read_architectures(run_dir)
+    blocks = verdict_blocks(results, best, str(run_dir), architectures)
     lead = len(blocks)
     has = {split: split in results.splits for split in ("test", "val")}
     if has["test"]:
         blocks.append(("img", metric_plot(cells, "test", "top1", plots_dir / "top1_test.png", "top-1 accuracy (%)")))
     extras = results.extras
     cfg = run_config(run_dir)
-    cost_points = equal_cost_points(cells, cfg) if cfg is not None else []
+    flops = [float(a["flops"]) for a in architectures] if architectures else None
+    cost_points = equal_cost_points(cells, cfg, flops) if cfg is not None else []
     compare_cost = len({p.cost for p in cost_points}) > 1  # one cost for everything: nothing to compare
+    if chain_models(architectures):
+        blocks.append(("table", "Each generation's model (forward FLOPs per image of the data's size)",
+                       *architecture_table(architectures)))
     for split, heading in (("test", "Test split: final numbers"),
                            ("val", "Val split: what the choices were made on (best model, sweeps)")):
         if not has[split]:

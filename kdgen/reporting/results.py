@@ -214,10 +214,13 @@ class Results:
         return result
 
     # --- the model to keep -------------------------------------------------------------------------
-    def best_unit(self) -> dict[str, Any] | None:
+    def best_unit(self, generations: Iterable[int] | None = None) -> dict[str, Any] | None:
         """The single model to keep, chosen on the *val* split only: the (arm, generation) with the highest mean
-        val top-1 over seeds (ties: lower mean NLL), then its seed with the highest val top-1 (ties: lower NLL)."""
-        cells = [c for c in self.cells_in("val", "single") if c.has("top1")]
+        val top-1 over seeds (ties: lower mean NLL), then its seed with the highest val top-1 (ties: lower NLL).
+        ``generations``: choose among these only (e.g. those of a compact student's architecture)."""
+        allowed = None if generations is None else set(generations)
+        cells = [c for c in self.cells_in("val", "single") if c.has("top1")
+                 and (allowed is None or c.generation in allowed)]
         if not cells:
             return None
         chosen_cell = max(cells, key=lambda c: (c.means["top1"], -c.means.get("nll", 0.0)))

@@ -10,7 +10,7 @@ significant difference *with that many seeds*, which is the truth and not a proo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kdgen import arms as arm_registry
 from kdgen.reporting.formatting import p_value, signed
@@ -32,11 +32,16 @@ class Finding:
     high: float
     p: float
     detectable: float = math.nan  # smallest |difference| these seeds detect with 80 % power
+    model: str = ""  # the generation's architecture, named where a chain changes architecture
+
+    @property
+    def where(self) -> str:
+        return f"generation {self.generation}" + (f" ({self.model})" if self.model else "")
 
     @property
     def label(self) -> str:
         models = "ensembles of generations" if self.kind == "ensemble" else "single models"
-        return f"{self.arm} − {self.other}, {models}, generation {self.generation}"
+        return f"{self.arm} − {self.other}, {models}, {self.where}"
 
     def sentence(self) -> str:
         """``label``: the difference, its interval and p, and what they allow one to say."""
@@ -80,9 +85,11 @@ def verdict_comparisons(results: Results) -> list[Comparison]:
     return wanted
 
 
-def findings(results: Results, split: str = "test") -> list[Finding]:
-    """Every :func:`verdict_comparisons` entry at the last generation both arms have, on ``split`` top-1."""
+def findings(results: Results, split: str = "test", models: list[str] | None = None) -> list[Finding]:
+    """Every :func:`verdict_comparisons` entry at the last generation both arms have, on ``split`` top-1.
+    ``models``: each generation's architecture, for a chain that changes it (the findings then name it)."""
     values = results.values(split)
+    named = models is not None and len(set(models)) > 1
     result = []
     for arm, other, kind in verdict_comparisons(results):
         common = results.common_generations(arm, other, split, kind)
@@ -91,6 +98,8 @@ def findings(results: Results, split: str = "test") -> list[Finding]:
         generation = common[-1]
         found = finding(values[(arm, generation, kind)], values[(other, generation, kind)], arm, other, kind, generation)
         if found is not None:
+            if named and generation < len(models):  # type: ignore[arg-type]
+                found = replace(found, model=models[generation])  # type: ignore[index]
             result.append(found)
     return result
 
@@ -104,7 +113,7 @@ def headline(found: list[Finding]) -> str:
         return f"With 1 seed, {main.arm} against {main.other} cannot be tested: run at least 3 seeds."
     if not math.isnan(main.p) and main.p < ALPHA:
         verb = "beat" if main.mean > 0 else "did worse than"
-        return (f"{main.arm.capitalize()} {verb} {main.other} at generation {main.generation} "
+        return (f"{main.arm.capitalize()} {verb} {main.other} at {main.where} "
                 f"({signed(main.mean)} points, p {p_value(main.p, prose=True)}, {main.n} seeds).")
     return (f"No significant difference between {main.arm} and {main.other} with {main.n} seeds "
-            f"({signed(main.mean)} points at generation {main.generation}, p {p_value(main.p, prose=True)}).")
+            f"({signed(main.mean)} points at {main.where}, p {p_value(main.p, prose=True)}).")

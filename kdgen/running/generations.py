@@ -11,7 +11,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +23,9 @@ from kdgen.arms import Arm
 from kdgen.checkpoint import load_model
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
-from kdgen.errors import UserError
+from kdgen.errors import ConfigError, UserError
 from kdgen.folders import Row, unit_name
+from kdgen.models import Profile, profile
 from kdgen.running.inference import example_shape
 from kdgen.running.run_folder import RunFolder
 from kdgen.running.unit_cache import CachedUnit, UnitCache
@@ -36,6 +37,61 @@ from kdgen.training.resume import EpochState
 from kdgen.training.runtime import Runtime
 
 ModelFactory = Callable[[], nn.Module]
+
+
+@dataclass(frozen=True)
+class ChainModels:
+    """The model of each generation of a chain: a factory and a name per generation, the last repeating.
+
+    From a config (:meth:`from_config`: ``generations.models``, else ``model.name``) or from the Python API's own
+    factories (:meth:`from_user`: one callable for every generation, or a list, patriarch first).
+    """
+
+    factories: tuple[ModelFactory, ...]
+    names: tuple[str, ...]
+
+    def _index(self, generation: int) -> int:
+        return min(generation, len(self.factories) - 1)
+
+    def build(self, generation: int) -> nn.Module:
+        """A new model of ``generation``'s architecture (seed the RNG first)."""
+        return self.factories[self._index(generation)]()
+
+    def name(self, generation: int) -> str:
+        return self.names[self._index(generation)]
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int, in_channels: int) -> "ChainModels":
+        from kdgen.models import build
+
+        names = tuple(cfg.chain_models)
+        return cls(tuple((lambda name=name: build(name, num_classes, in_channels)) for name in names), names)
+
+    @classmethod
+    def from_user(cls, factory: ModelFactory | Sequence[ModelFactory]) -> "ChainModels":
+        factories = tuple(factory) if isinstance(factory, Sequence) else (factory,)
+        if not factories or not all(callable(f) for f in factories):
+            raise UserError("model_factory: give a function that returns a new model, or a list of them "
+                            "(one per generation, patriarch first, the last repeating)")
+        names = ("custom",) if len(factories) == 1 else tuple(f"custom-{i}" for i in range(len(factories)))
+        return cls(factories, names)
+
+    def profiles(self, generations: int, image_shape: Sequence[int]) -> list[Profile]:
+        """Parameters and forward FLOPs of generations 0..``generations``, each architecture built once; a model
+        that cannot take ``image_shape`` images is a one-line :class:`~kdgen.errors.ConfigError`."""
+        measured: dict[int, Profile] = {}
+        for g in range(generations + 1):
+            index = self._index(g)
+            if index not in measured:
+                name = self.names[index]
+                try:
+                    measured[index] = profile(self.factories[index](), image_shape, name)
+                except Exception as exc:  # noqa: BLE001 - any failure of the model on such images is the user's
+                    shape = "x".join(str(s) for s in image_shape)
+                    first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+                    raise ConfigError(f"model {name!r} (generation {g}) cannot take the data's {shape} images: "
+                                      f"{first}") from None
+        return [measured[self._index(g)] for g in range(generations + 1)]
 
 
 @dataclass(frozen=True)
@@ -73,7 +129,7 @@ def _row(unit: Unit, kind: str, split: str, metrics: dict[str, float]) -> Row:
 
 
 class GenerationsRunner:
-    """Trains every unit of ``cfg`` on ``data`` with models from ``model_factory``.
+    """Trains every unit of ``cfg`` on ``data`` with each generation's model from ``models``.
 
     With a ``folder`` (a run folder), every finished unit's checkpoint and rows are saved as it
     goes, the unit in progress is saved after every epoch, and units the folder already holds are
@@ -82,15 +138,14 @@ class GenerationsRunner:
     ``stop``, when set, stops training at the next step boundary after saving its state.
     """
 
-    def __init__(self, cfg: Config, data: DataBundle, model_factory: ModelFactory, *, runtime: Runtime | None = None,
-                 folder: RunFolder | None = None, model_name: str = "custom", unit_cache: UnitCache | None = None,
+    def __init__(self, cfg: Config, data: DataBundle, models: ChainModels | ModelFactory, *, runtime: Runtime | None = None,
+                 folder: RunFolder | None = None, unit_cache: UnitCache | None = None,
                  stop: StopFlag | None = None) -> None:
         self.cfg = resolve_k(cfg, data.num_classes)
         self.data = data
-        self.model_factory = model_factory
+        self.models = models if isinstance(models, ChainModels) else ChainModels.from_user(models)
         self.folder = folder
         self.unit_cache = unit_cache
-        self.model_name = model_name
         self.stop = stop
         self.runtime = runtime if runtime is not None else Runtime.from_config(cfg.runtime)
         self.arms: dict[str, Arm] = {name: arms.make(name, self.cfg) for name in self.cfg.generations.arms}
@@ -191,7 +246,8 @@ class GenerationsRunner:
             self.image_shape = list(example_shape(self.data.test if len(self.data.test) else self.data.train))
         # Everything kdgen.load needs to use the model on uint8 images, without the data.
         self.folder.finish_unit(unit.name, model, {
-            "arm": unit.arm, "seed": unit.seed, "generation": unit.generation, "model": self.model_name,
+            "arm": unit.arm, "seed": unit.seed, "generation": unit.generation,
+            "model": self.models.name(unit.generation),
             "num_classes": self.data.num_classes, "in_channels": self.data.channels, "mean": list(self.data.mean),
             "std": list(self.data.std), "class_names": list(self.data.class_names), "image_shape": self.image_shape},
             rows, extras)
@@ -239,7 +295,7 @@ class GenerationsRunner:
     def load_unit(self, unit: Unit, checkpoint: Path | None = None) -> nn.Module:
         """A unit finished by an earlier process, from its checkpoint in the run folder (or ``checkpoint``)."""
         torch.manual_seed(unit.stream_seed)
-        model = self.model_factory()
+        model = self.models.build(unit.generation)
         if checkpoint is not None:
             load_model(model, checkpoint)
         else:
@@ -252,7 +308,7 @@ class GenerationsRunner:
         """``unit`` trained: a new model, initialised from the unit's own stream or from the arm's start generation."""
         generation = unit.generation
         torch.manual_seed(unit.stream_seed)
-        student = self.model_factory().to(self.runtime.device)
+        student = self.models.build(generation).to(self.runtime.device)
         start = arm.start(generation)
         if start is not None:
             student.load_state_dict(models[start].state_dict())  # a copy: the start model stays as it was

@@ -124,14 +124,16 @@ def example_shape(split: Any) -> tuple[int, ...]:
     return tuple(split.for_eval().dataset()[0][0].shape)
 
 
-def load(run_dir: str | Path, which: str = "best", model_factory: Callable[[], nn.Module] | None = None, *,
+def load(run_dir: str | Path, which: str = "best",
+         model_factory: Callable[[], nn.Module] | Sequence[Callable[[], nn.Module]] | None = None, *,
          precision: str = "run") -> Classifier:
     """A trained model of ``run_dir`` that takes uint8 images and returns class probabilities.
 
     ``which``: ``"best"`` (the model chosen on val, as in the report), ``"ARM/SEED/GEN"`` (e.g.
     ``"tolerant/0/2"``), or ``"ensemble:ARM/SEED"`` (the arm's ensemble of generations at the last
     generation, one module averaging their softmax). A run of :func:`kdgen.train_generations` (your
-    own model) needs ``model_factory``, the function that made its models. ``precision="run"`` computes
+    own model) needs ``model_factory``, the function (or per-generation list) that made its models; a run of
+    ``kdgen run`` rebuilds each unit's own architecture from its checkpoint. ``precision="run"`` computes
     as the run did (its recorded precision where this CPU runs bf16 natively, else fp32); ``"fp32"`` or
     ``"bf16"`` choose. Mistakes are :class:`~kdgen.errors.UserError`.
     """
@@ -151,7 +153,8 @@ def load(run_dir: str | Path, which: str = "best", model_factory: Callable[[], n
         state, metadata = load_state(path)
         model_name = metadata.get("model")
         if model_factory is not None:
-            model = model_factory()
+            factories = list(model_factory) if isinstance(model_factory, Sequence) else [model_factory]
+            model = factories[min(generation, len(factories) - 1)]()
         elif model_name in names():
             model = build(str(model_name), int(metadata["num_classes"]), int(metadata["in_channels"]))
         else:

@@ -9,6 +9,7 @@ Layout of ``DIR``::
     records/<unit>.json              rows and extras of each finished unit, until the run completes
     state/<unit>.safetensors         training state of a unit in progress, after its last epoch or step
     timing.json                      wall time of the run
+    architectures.json               each generation's model: name, parameters, forward FLOPs per image
     report.md, report.html, plots/   the report (kdgen report rebuilds them)
     tensorboard/                     with log.tensorboard
 
@@ -31,11 +32,12 @@ from torch import nn
 
 from kdgen.checkpoint import atomic_write, check_safetensors, link, load_model, read_json, save_model, write_json
 from kdgen.errors import CheckpointError, UserError
-from kdgen.folders import CONFIG_FILE, RESULTS_FILE, Row, unit_name
+from kdgen.folders import ARCHITECTURES_FILE, CONFIG_FILE, RESULTS_FILE, Row, unit_name
 from kdgen.training.resume import EpochState, load_state, save_state
 
 if TYPE_CHECKING:
     from kdgen.config import Config
+    from kdgen.models import Profile
 
 def new_run_dir(base: Path = Path("runs")) -> Path:
     """A fresh folder name under ``runs/``: a timestamp, with a suffix if it is taken."""
@@ -66,6 +68,13 @@ def make_out_dir(out: Path) -> None:
 def nothing_to_resume(out: Path) -> bool:
     """A run killed before it wrote anything: there is nothing to continue (start afresh)."""
     return not out.exists() or (out.is_dir() and not any(out.iterdir()))
+
+
+def write_architectures(out: Path, profiles: list["Profile"]) -> None:
+    """Each generation's model, parameters and forward FLOPs per image (the report's compression and inference cost)."""
+    write_json(out / ARCHITECTURES_FILE, {"generations": [
+        {"generation": g, "model": p.name, "params": p.params, "flops": p.flops, "image_shape": list(p.image_shape)}
+        for g, p in enumerate(profiles)]})
 
 
 def write_config(out: Path, cfg: "Config") -> None:

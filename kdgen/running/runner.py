@@ -12,20 +12,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from torch import nn
-
 from kdgen import arms
 from kdgen.checkpoint import write_json
 from kdgen.config import Config, resolve_k
 from kdgen.data.base import DataBundle
 from kdgen.errors import ConfigError, UserError
 from kdgen.folders import Row, saved_config
+from kdgen.models import Profile
 from kdgen.reporting.page import build_report
 from kdgen.reporting.results import Results
 from kdgen.reporting.tables import console_summary
-from kdgen.running.generations import GenerationsRunner, units
+from kdgen.running.generations import ChainModels, GenerationsRunner, units
+from kdgen.running.inference import example_shape
 from kdgen.running.run_folder import (RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
-                                      write_config)
+                                      write_architectures, write_config)
 from kdgen.running.unit_cache import UnitCache
 from kdgen.training.batches import check_share
 from kdgen.training.loop import StopFlag, TrainingInterrupted
@@ -45,18 +45,38 @@ def start_parallel(runtime_cfg: Any, mode: str | None = None) -> ParallelMode:
     return parallel.start(mode or runtime_cfg.parallel, runtime_cfg.device, sync_batchnorm=runtime_cfg.sync_batchnorm)
 
 
-def check_against_data(cfg: Config, data: DataBundle, data_name: str) -> None:
-    """Config checks that need the data (the class count, split sizes), and each arm's own checks."""
+def check_against_data(cfg: Config, data: DataBundle, data_name: str, models: ChainModels) -> list[Profile]:
+    """Config checks that need the data (the class count, split sizes, the image shape every generation's model
+    must take), and each arm's own checks. Returns each generation's model profile (parameters, FLOPs)."""
     for name in cfg.generations.arms:
         arm = arms.make(name, cfg)
         arm.check()
         if arm.uses_tolerance:
             cfg.tolerance.check(data.num_classes, data_name)
+        for g in range(1, cfg.generations.count + 1):
+            start = arm.start(g)
+            if start is not None and models.name(start) != models.name(g):
+                raise ConfigError(f"generations.models: arm {name} starts generation {g} from generation {start}'s "
+                                  f"weights, so both need one architecture (got {models.name(start)!r} and "
+                                  f"{models.name(g)!r}); drop the arm or give one model")
     if len(data.train) < 2:
         raise ConfigError(f"data: the training split has {len(data.train)} example(s) after holding out validation data")
     if len(data.val) == 0:
         raise ConfigError(f"data.val_fraction: the val split of {data_name} is empty (too few images per class "
                           f"to hold any out); use more data or a larger data.val_fraction")
+    return models.profiles(cfg.generations.count, example_shape(data.test if len(data.test) else data.train))
+
+
+def describe_chain(profiles: list[Profile]) -> str:
+    """"model cnn (66k parameters)", or each generation's model when a chain changes architecture."""
+    def one(p: Profile) -> str:
+        return f"{p.name} ({p.params / 1e3:,.0f}k parameters)" if p.params < 1e6 else f"{p.name} ({p.params / 1e6:.1f}M parameters)"
+
+    if len({p.name for p in profiles}) == 1:
+        return f"model {one(profiles[0])}"
+    students = sorted({p.name for p in profiles[1:]}, key=[p.name for p in profiles[1:]].index)
+    shown = ", ".join(one(next(p for p in profiles[1:] if p.name == name)) for name in students)
+    return f"patriarch {one(profiles[0])}, students {shown}"
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -107,8 +127,8 @@ def _keep_partial(folder: RunFolder | None, leader: bool) -> None:
         folder.write_results(complete=False)
 
 
-def run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.Module], out: Path | None, *,
-                 model_name: str, data_name: str, origin: str, resume: bool = False, echo: bool = True,
+def run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path | None, *,
+                 data_name: str, origin: str, resume: bool = False, echo: bool = True,
                  unit_cache: UnitCache | None = None, stop: StopFlag | None = None,
                  parallel: ParallelMode | None = None) -> tuple[Path | None, list[Row]]:
     """Run every arm, seed and generation of ``cfg`` on ``data``; with ``out``, write the run folder.
@@ -123,22 +143,22 @@ def run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.M
     owns = parallel is None
     parallel = parallel if parallel is not None else start_parallel(cfg.runtime)
     try:
-        return _run_pipeline(cfg, data, model_factory, out, parallel, model_name=model_name, data_name=data_name,
+        return _run_pipeline(cfg, data, models, out, parallel, data_name=data_name,
                              origin=origin, resume=resume, echo=echo, unit_cache=unit_cache, stop=stop)
     finally:
         if owns:
             parallel.close()
 
 
-def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.Module], out: Path | None,
-                  parallel: ParallelMode, *, model_name: str, data_name: str, origin: str, resume: bool, echo: bool,
+def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path | None,
+                  parallel: ParallelMode, *, data_name: str, origin: str, resume: bool, echo: bool,
                   unit_cache: UnitCache | None, stop: StopFlag | None) -> tuple[Path | None, list[Row]]:
     start = time.perf_counter()
     leader = parallel.is_leader
 
-    def checks() -> tuple[bool, Config, Runtime]:
+    def checks() -> tuple[bool, Config, Runtime, list[Profile]]:
         is_resume, saved = open_out(out, resume)
-        check_against_data(cfg, data, data_name)
+        profiles = check_against_data(cfg, data, data_name, models)
         if out is None and parallel.world_size > 1 and parallel.name == "chains":
             raise ConfigError("runtime.parallel=chains needs a run folder (out_dir) to collect the processes' results")
         check_share(min(cfg.train.batch_size, len(data.train)), parallel.batch_share[1])  # as TrainBatches will
@@ -151,9 +171,9 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
             if differing:
                 raise UserError(f"--resume: the config differs from the one {str(out)!r} was started with, in: "
                                 f"{', '.join(differing)}")
-        return is_resume, resolved, runtime
+        return is_resume, resolved, runtime, profiles
 
-    resume, cfg, runtime = together(parallel, checks)
+    resume, cfg, runtime, profiles = together(parallel, checks)
     folder = None
     if out is not None:
         def prepare() -> None:  # one writer: the leader makes the folder; the others wait for it
@@ -162,6 +182,7 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
                 if not resume:
                     write_config(out, cfg)
                     RunFolder(out, origin=origin).write_results(complete=False)
+                write_architectures(out, profiles)
 
         together(parallel, prepare)
         order = [unit.name for unit in units(cfg)]
@@ -171,13 +192,13 @@ def _run_pipeline(cfg: Config, data: DataBundle, model_factory: Callable[[], nn.
         where = f" -> {out}" if out is not None else ""
         processes = f", {parallel.world_size} processes ({parallel.name})" if parallel.world_size > 1 else ""
         print(f"kdgen: {data_name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
-              f"{data.num_classes} classes), model {model_name} ({runtime.precision}{processes}), arms "
+              f"{data.num_classes} classes), {describe_chain(profiles)} ({runtime.precision}{processes}), arms "
               f"{cfg.generations.arms}, seeds {cfg.seeds}, patriarch + {cfg.generations.count} generations{where}"
               + (f" (resuming: {len(folder.done)} models done)" if resume and folder is not None else ""), flush=True)
     try:
         try:
-            rows = GenerationsRunner(cfg, data, model_factory, runtime=runtime, folder=folder, model_name=model_name,
-                                     unit_cache=unit_cache, stop=stop).run()
+            rows = GenerationsRunner(cfg, data, models, runtime=runtime, folder=folder, unit_cache=unit_cache,
+                                     stop=stop).run()
         except UserError as exc:
             exc.rank = parallel.rank  # type: ignore[attr-defined]  # met by this process alone: it says so
             raise
@@ -217,7 +238,6 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
     ``runtime.parallel``. Returns the run folder and its rows.
     """
     from kdgen.data import load_bundle
-    from kdgen.models import build
 
     owns = parallel is None
     parallel = parallel if parallel is not None else start_parallel(cfg.runtime)
@@ -225,11 +245,8 @@ def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False
         together(parallel, lambda: open_out(out, resume))  # path mistakes before the (possibly slow) data load
         out = Path(parallel.leader_value(new_run_dir() if out is None else out))  # type: ignore[arg-type]
         data = together(parallel, lambda: load_bundle(cfg.data))
-
-        def factory() -> nn.Module:
-            return build(cfg.model.name, data.num_classes, data.channels)
-
-        run_dir, rows = run_pipeline(cfg, data, factory, out, model_name=cfg.model.name, data_name=cfg.data.name,
+        models = ChainModels.from_config(cfg, data.num_classes, data.channels)
+        run_dir, rows = run_pipeline(cfg, data, models, out, data_name=cfg.data.name,
                                      origin=ORIGIN_CLI, resume=resume, echo=echo, unit_cache=unit_cache, stop=stop,
                                      parallel=parallel)
     finally:

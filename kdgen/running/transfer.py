@@ -25,7 +25,7 @@ data's name), ``split`` (``val`` or ``test``), ``top1``, ``nll``, ``C`` and ``fe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -240,7 +240,7 @@ def _probe_splits(cfg: TransferConfig) -> dict[str, tuple[torch.Tensor, np.ndarr
 
 
 def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | None = None,
-                 model_factory: Callable[[], nn.Module] | None = None,
+                 model_factory: Callable[[], nn.Module] | Sequence[Callable[[], nn.Module]] | None = None,
                  progress: Callable[[str], None] | None = None) -> Path:
     """Probe every model of ``run_dir`` on ``cfg.data``; write and return ``<out or RUN/transfer>/<probe>.json``.
 

@@ -2,7 +2,8 @@
 
 A unit (arm, seed, generation) depends on only part of the config:
 
-- every unit: ``data``, ``model``, ``train``, the runtime settings that change the arithmetic
+- every unit: ``data``, ``model`` (with ``generations.models``: the unit's own architecture, and the architecture
+  of every generation its weights depend on when one differs), ``train``, the runtime settings that change the arithmetic
   (device, precision, channels_last; not compile, workers or parallel), and its seed, arm and generation;
 - the K of the secondary-information metrics in its rows (TSD's ``tolerance.k``);
 - what its arm says it depends on (:meth:`kdgen.arms.Arm.unit_settings`): a student (generation
@@ -56,7 +57,14 @@ def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str
     # The rows, not the weights, depend on the K of the secondary-information metrics (mass on ranks
     # 2..K: TSD's K, else a fixed default): a unit reused from a run with another K would carry its K's rows.
     settings["metrics"] = {"secondary_k": full["tolerance"].get("k", "default")}
-    settings.update(arms.make(arm, cfg).unit_settings(generation))
+    bound = arms.make(arm, cfg)
+    if cfg.generations.models:  # a chain that may change architecture: the unit's own, and its line's
+        own = cfg.model_of(generation)
+        settings["model"] = {**full["model"], "name": own}
+        line = [cfg.model_of(j) for j in bound.lineage(generation)]
+        if any(name != own for name in line):  # else equal to a run of model.name=own: the same unit
+            settings["lineage_models"] = line
+    settings.update(bound.unit_settings(generation))
     raised = {name: revision for name, revision in code_revisions(cfg, arm, settings).items() if revision != 1}
     if raised:
         settings["code"] = raised
