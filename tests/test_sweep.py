@@ -130,6 +130,9 @@ def test_sweep_scores_on_val_only_resumes_without_training_and_names_the_test_co
     # the strict arm (tolerant's main rival) ran, so every point is compared with it (a rebuilt page once said
     # it was not run)
     assert summary["rival"] == "strict" and all(p["vs_rival"] is not None for p in summary["points"])
+    # and with its other rival, the baseline (for a compact student: its own architecture trained alone)
+    assert summary["others"] == ["baseline"] and all(p["vs_others"]["baseline"] is not None for p in summary["points"])
+    assert "Δ vs baseline" in (out / "sweep.md").read_text()
     assert "against the strict arm" in (out / "sweep.md").read_text() and "was not run" not in (out / "sweep.md").read_text()
     # eta=0 makes K irrelevant to training: the two eta=0 points have the same models, and their rows differ
     # only in the mass on ranks 2..K, measured at each point's own K

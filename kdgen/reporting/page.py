@@ -219,7 +219,8 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
     lead = len(blocks)
     has = {split: split in results.splits for split in ("test", "val")}
     if has["test"]:
-        blocks.append(("img", metric_plot(cells, "test", "top1", plots_dir / "top1_test.png", "top-1 accuracy (%)")))
+        blocks.append(("img", metric_plot(cells, "test", "top1", plots_dir / "top1_test.png", "top-1 accuracy (%)",
+                                          chain_models(architectures))))
     extras = results.extras
     cfg = run_config(run_dir)
     flops = [float(a["flops"]) for a in architectures] if architectures else None
@@ -253,9 +254,10 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
     figures = []
     for split in ("test", "val"):
         if has[split]:
-            figures.append(accuracy_confidence_plot(cells, split, plots_dir / f"top1_confidence_{split}.png"))
+            figures.append(accuracy_confidence_plot(cells, split, plots_dir / f"top1_confidence_{split}.png",
+                                                    chain_models(architectures)))
     if has["test"]:
-        figures.append(metric_plot(cells, "test", "ece", plots_dir / "ece_test.png", "ECE"))
+        figures.append(metric_plot(cells, "test", "ece", plots_dir / "ece_test.png", "ECE", chain_models(architectures)))
         figures += calibration_plots(extras, "test", plots_dir)
     heatmap = patriarch_heatmaps(extras, "test", plots_dir / "patriarch_soft_confusion_test.png")
     if heatmap is not None:
@@ -264,7 +266,8 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
         figures += [equal_cost_plot(cost_points, split, plots_dir / f"equal_cost_{split}.png")
                     for split in ("test", "val") if has[split]]
     if has["val"]:
-        figures.append(metric_plot(cells, "val", "top1", plots_dir / "top1_val.png", "top-1 accuracy (%)"))
+        figures.append(metric_plot(cells, "val", "top1", plots_dir / "top1_val.png", "top-1 accuracy (%)",
+                                   chain_models(architectures)))
     blocks += [("img", figure) for figure in figures]
     if wall_time_s is None and (run_dir / "timing.json").is_file():  # a rebuild keeps the run's wall time
         from kdgen.checkpoint import read_json
@@ -296,7 +299,7 @@ def build_comparison(run_dirs: list[Path], out: Path) -> Path:
     blocks: list[Block] = [("h2", "Verdict per run")]
     for name, run_dir, results in zip(names, run_dirs, runs):
         cfg = run_config(run_dir)
-        what = f"{cfg.data.name}, {cfg.model.name}, " if cfg is not None else ""
+        what = f"{cfg.data.name}, {' → '.join(dict.fromkeys(cfg.chain_models))}, " if cfg is not None else ""
         seeds = len(results.seeds)
         found = findings(results, "test")
         blocks += [("p", f"**{name}** ({what}{seeds} seeds): {headline(found)}"), ("ul", [f.sentence() for f in found])]

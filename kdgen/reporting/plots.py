@@ -50,8 +50,9 @@ def _summary_series(cells: "list[Cell]", split: str, metric: str) -> list[tuple[
 
 
 def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, xlabel: str, ylabel: str, title: str,
-               integer_x: bool = False, log_x: bool = False) -> Path:
-    """One line per (arm, kind, x, y, err): single models solid, ensembles dashed, ± std bars, arm colours."""
+               integer_x: bool = False, log_x: bool = False, models: list[str] | None = None) -> Path:
+    """One line per (arm, kind, x, y, err): single models solid, ensembles dashed, ± std bars, arm colours.
+    ``models``: each generation's architecture, shown under its tick (a chain that changes architecture)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     _draw_arm_series(ax, series)
     ax.set_xlabel(xlabel)
@@ -59,7 +60,7 @@ def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, x
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if integer_x:
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        _generation_ticks(ax, models)
     if log_x:  # costs double from point to point: equal spacing, every measured x labelled
         ticks = sorted({float(x) for _, _, xs, _, _ in series for x in xs})
         ax.set_xscale("log", base=2)
@@ -69,13 +70,22 @@ def _arm_lines(series: list[tuple[str, str, list, list, list]], path: Path, *, x
     return _save(fig, path)
 
 
-def metric_plot(cells: "list[Cell]", split: str, metric: str, path: Path, ylabel: str) -> Path:
+def _generation_ticks(ax: "plt.Axes", models: list[str] | None) -> None:
+    """Integer generation ticks; with ``models``, each generation's architecture under its number."""
+    if models:
+        ax.set_xticks(range(len(models)), [f"{g}\n{name}" for g, name in enumerate(models)], fontsize=8)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def metric_plot(cells: "list[Cell]", split: str, metric: str, path: Path, ylabel: str,
+                models: list[str] | None = None) -> Path:
     """``metric`` against generation for every arm: single models solid, ensembles dashed, ± std bars."""
     return _arm_lines(_summary_series(cells, split, metric), path, xlabel="generation (0 = patriarch; ensemble = generations 1..g)", ylabel=ylabel,
-                      title=f"{ylabel} on the {split} split (mean ± std over seeds)", integer_x=True)
+                      title=f"{ylabel} on the {split} split (mean ± std over seeds)", integer_x=True, models=models)
 
 
-def accuracy_confidence_plot(cells: "list[Cell]", split: str, path: Path) -> Path:
+def accuracy_confidence_plot(cells: "list[Cell]", split: str, path: Path, models: list[str] | None = None) -> Path:
     """The paper's mechanism, side by side per arm: single-model top-1 and mean confidence (top-1
     probability) against generation. Do strict generations grow confident again while tolerant ones stay
     tolerant, and does accuracy follow?"""
@@ -86,7 +96,7 @@ def accuracy_confidence_plot(cells: "list[Cell]", split: str, path: Path) -> Pat
         ax.set_xlabel("generation (0 = patriarch)")
         ax.set_ylabel(label)
         ax.set_title(f"{label}, single models, {split} split", fontsize=10)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        _generation_ticks(ax, models)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Accuracy and confidence per generation (mean ± std over seeds)", fontsize=10)

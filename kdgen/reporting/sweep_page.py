@@ -40,6 +40,7 @@ class PointSummary:
     patriarch_train_top1: float = math.nan  # did the patriarch converge? (its unaugmented training sample)
     vs_reference: Paired | None = None
     vs_rival: Paired | None = None
+    vs_others: dict[str, Paired | None] = field(default_factory=dict)  # the selected arm's other rivals that ran
 
     @property
     def score_mean(self) -> float:
@@ -51,7 +52,8 @@ class PointSummary:
                                  "score_n": len(self.score), "patriarch_train_top1": self.patriarch_train_top1}
         if self.score:
             entry.update(score_mean=self.score_mean, score_nll=self.score_nll,
-                         vs_reference=_json(self.vs_reference), vs_rival=_json(self.vs_rival))
+                         vs_reference=_json(self.vs_reference), vs_rival=_json(self.vs_rival),
+                         vs_others={other: _json(found) for other, found in self.vs_others.items()})
         return entry
 
 
@@ -63,6 +65,7 @@ class SweepSummary:
     generation: int
     kind: str
     rival: str | None  # the selected arm's main rival, when it ran
+    others: list[str]  # its other rivals that ran (e.g. baseline for tolerant: a compact student's own architecture)
     grid: list
     reference: str
     points: list[PointSummary]
@@ -76,7 +79,7 @@ class SweepSummary:
     def to_json(self) -> dict[str, Any]:
         return {"select": {"arm": self.arm, "generation": self.generation, "kind": self.kind, "metric": "top1",
                            "split": SPLIT},
-                "rival": self.rival, "grid": self.grid, "reference": self.reference,
+                "rival": self.rival, "others": self.others, "grid": self.grid, "reference": self.reference,
                 "points": [p.to_json() for p in self.points], "best": self.best.name if self.best else None,
                 "best_settings": self.best_settings, "test_command": self.test_command}
 
@@ -119,7 +122,8 @@ def sweep_summary(out: Path) -> SweepSummary:
     arm, generation, kind = parse_select(plan.select, cfg)
     cell = (arm, generation, kind)
     rivals = arm_registry.get(arm).compare_with if arm in arm_registry.names() else ()
-    rival = next((other for other in rivals if other in cfg.generations.arms), None)
+    ran = [other for other in rivals if other in cfg.generations.arms]
+    rival, others = (ran[0] if ran else None), ran[1:]
     plan_points = plan.points()
     reference = plan_points[plan.reference]
     points = [PointSummary(p.name, p.settings, False, _point_results(out, p.name)) for p in plan_points]
@@ -134,10 +138,11 @@ def sweep_summary(out: Path) -> SweepSummary:
             point.vs_reference = paired(point.score, ref_values) if point.name != reference.name else None
             if rival is not None:
                 point.vs_rival = paired(point.score, top1.get((rival, generation, kind), {}))
+            point.vs_others = {other: paired(point.score, top1.get((other, generation, kind), {})) for other in others}
     scored = [p for p in points if p.complete and p.score]
     best = max(scored, key=lambda p: (p.score_mean, -p.score_nll)) if scored else None
     best_plan = next((p for p in plan_points if best is not None and p.name == best.name), None)
-    return SweepSummary(arm, generation, kind, rival, plan_json["grid"], reference.name, points, best,
+    return SweepSummary(arm, generation, kind, rival, others, plan_json["grid"], reference.name, points, best,
                         plan.test_command(best_plan) if best_plan is not None else None)
 
 
@@ -157,7 +162,8 @@ def build_sweep_report(out: Path) -> Path:
     done = sum(p.complete for p in summary.points)
     seeds = max((c.n for p in summary.points for c in p.results.cells_in(SPLIT)), default=0)
     what = f"{arm} generation {last}" + (" ensemble" if summary.kind == "ensemble" else "")
-    versus = (f", and against the {rival} arm's generation {last} at the same point." if rival is not None
+    rivals = " and ".join(f"the {other} arm's" for other in [rival, *summary.others] if other is not None)
+    versus = (f", and against {rivals} generation {last} at the same point." if rival is not None
               else f" ({arm} has no rival arm in this sweep).")
     intro = [f"Grid: {'; '.join(f'`{k}` ∈ {v}' for k, v in summary.grid)} — {done} of {len(summary.points)} "
              f"points complete. Scored on the **val split only**; mean ± std over seeds (n up to {seeds}).",
@@ -170,7 +176,8 @@ def build_sweep_report(out: Path) -> Path:
                      f"val top-1 {best.score_mean:.2f}. Evaluate it on test, once: `{summary.test_command}`")
     gens = range(0, last + 1)
     header = ["point", *keys] + [f"{arm} g{g} top1" for g in gens] + \
-             [f"{arm} g0 conf", f"{arm} g0 train top1", "Δ vs reference"] + ([f"Δ vs {rival}"] if rival else [])
+             [f"{arm} g0 conf", f"{arm} g0 train top1", "Δ vs reference"] + ([f"Δ vs {rival}"] if rival else []) + \
+             [f"Δ vs {other}" for other in summary.others]
     body = []
     for p in summary.points:
         state = "" if p.complete else " (running)" if (out / "runs" / p.name).is_dir() else " (not run yet)"
@@ -178,7 +185,8 @@ def build_sweep_report(out: Path) -> Path:
         line += [format_cell(p.results.cell(SPLIT, arm, g), "top1") for g in gens]
         train = p.patriarch_train_top1
         line += [format_cell(p.results.cell(SPLIT, arm, 0), "conf"), "–" if math.isnan(train) else f"{train:.2f}",
-                 _diff(p.vs_reference)] + ([_diff(p.vs_rival)] if rival else [])
+                 _diff(p.vs_reference)] + ([_diff(p.vs_rival)] if rival else []) + \
+            [_diff(p.vs_others.get(other)) for other in summary.others]
         body.append(line)
     long_header = ["point", "arm", "gen", "kind", "n"] + list(SHOWN)
     long_body = []
