@@ -60,7 +60,9 @@ def test_classical_kd_is_tckd_plus_nckd_weighted_by_the_teachers_non_target_mass
         kd = losses.distillation_loss(s, t, temperature)
         tckd, nckd = losses.decoupled_kd_terms(s, t, y, temperature)
         p_target = F.softmax(t / temperature, dim=-1)[0, y].item()
-        assert kd.item() == pytest.approx((tckd + (1 - p_target) * nckd).item(), rel=1e-5)
+        # float32 throughout: CPUs' vector exp/log differ in the last bits (1.1e-5 relative seen on an AVX-512
+        # AMD EPYC), far below what a wrong weighting of either term would change
+        assert kd.item() == pytest.approx((tckd + (1 - p_target) * nckd).item(), rel=1e-4)
 
 
 def test_decoupled_kd_is_zero_for_an_identical_student_and_has_no_teacher_gradient():
