@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_serializer,
@@ -30,6 +30,16 @@ MOVED_TO_RUNTIME = {"train": ("device", "precision", "compile", "channels_last")
 class _Strict(BaseModel):
     # extra="forbid" turns a misspelt key into an error instead of a silently ignored setting.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Keys added after runs were recorded: left out while unset, so config.yaml and unit keys read as before they existed.
+    omitted_when_unset: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for key in self.omitted_when_unset:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class AugmentConfig(_Strict):
@@ -43,6 +53,8 @@ class AugmentConfig(_Strict):
 
 class DataConfig(_Strict):
     """Which data, and how it is split: the val split (held out of the training split) makes every choice."""
+
+    omitted_when_unset = ("classes",)
 
     # A registered data source (`kdgen sources`): digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, ...
     name: str = "digits"
@@ -80,14 +92,6 @@ class DataConfig(_Strict):
         if value is not None and (len(value) < 2 or len(set(value)) != len(value) or min(value) < 0):
             raise ValueError("give at least two different class indices, each >= 0")
         return value
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_classes(self, handler: Any) -> dict[str, Any]:
-        # A config without a class filter serialises as before the key existed: same config.yaml, same unit keys.
-        data = handler(self)
-        if data.get("classes") is None:
-            data.pop("classes", None)
-        return data
 
     @field_validator("name")
     @classmethod
@@ -154,7 +158,9 @@ class TrainConfig(_Strict):
 
 
 class GenerationsConfig(_Strict):
-    """How many generations, for which arms."""
+    """How many generations, for which arms, and each generation's model."""
+
+    omitted_when_unset = ("models",)
 
     # Students after the patriarch (generation 0): count + 1 models per arm and seed.
     count: int = Field(2, ge=0, le=100)
@@ -175,13 +181,6 @@ class GenerationsConfig(_Strict):
                 _known_model(name)
         return value
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_models(self, handler: Any) -> dict[str, Any]:
-        # A config without per-generation models serialises as before the key existed: same config.yaml.
-        data = handler(self)
-        if data.get("models") is None:
-            data.pop("models", None)
-        return data
 
     @field_validator("arms")
     @classmethod
