@@ -1,6 +1,8 @@
-"""A sweep's plan: its grid axes (linked keys included), points, base config and ``--select``.
+"""A sweep's plan: its grid axes (linked keys included), points, base config and ``--select``; and the shape of its
+summary (:class:`SweepSummary`, one :class:`PointSummary` per point).
 
-Pure data and parsing, shared by the sweep runner (:mod:`kdgen.running.sweep`) and its summary (:mod:`kdgen.reporting.sweep_page`).
+Pure data and parsing, shared by the sweep runner (:mod:`kdgen.running.sweep`), its summary page
+(:mod:`kdgen.reporting.sweep_page`) and the plots.
 """
 
 from __future__ import annotations
@@ -8,15 +10,21 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from kdgen.config import Config, apply_overrides, build_config, read_yaml
 from kdgen.errors import ConfigError
 
+if TYPE_CHECKING:  # what a sweep's summary holds; reporting computes it (kdgen.reporting.sweep_page)
+    from kdgen.reporting.results import Results
+    from kdgen.reporting.statistics import Paired
+
+SWEEP_SPLIT = "val"  # a sweep chooses; it never reads the test split
 # Keys a grid may not vary: they say which runs exist, not how a unit is trained.
 NOT_SWEEPABLE = ("seeds", "generations.arms", "log.")
 
@@ -217,3 +225,71 @@ def parse_select(select: str, cfg: Config) -> tuple[str, int, str]:
     if kind == "ensemble" and generation < 2:
         raise ConfigError(f"--select {select!r}: ensembles start at generation 2")
     return arm, generation, kind
+
+
+# --- a sweep's results, as kdgen.reporting.sweep_page summarises them (sweep_summary.json) ----------------
+
+@dataclass
+class PointSummary:
+    """One grid point: its settings, its val (and train-sample) results and how its selected cell scores."""
+
+    name: str
+    settings: dict[str, Any]
+    complete: bool
+    results: Results
+    score: dict[int, float] = field(default_factory=dict)  # the selected cell's val top-1 per seed
+    score_nll: float = math.nan
+    patriarch_train_top1: float = math.nan  # did the patriarch converge? (its unaugmented training sample)
+    vs_reference: Paired | None = None
+    vs_rival: Paired | None = None
+    vs_others: dict[str, Paired | None] = field(default_factory=dict)  # the selected arm's other rivals that ran
+
+    @property
+    def score_mean(self) -> float:
+        return mean_of(self.score)
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "settings": self.settings, "complete": self.complete,
+                                 "cells": [c.to_json() for c in self.results.cells_in(SWEEP_SPLIT)],
+                                 "score_n": len(self.score), "patriarch_train_top1": self.patriarch_train_top1}
+        if self.score:
+            entry.update(score_mean=self.score_mean, score_nll=self.score_nll,
+                         vs_reference=_json(self.vs_reference), vs_rival=_json(self.vs_rival),
+                         vs_others={other: _json(found) for other, found in self.vs_others.items()})
+        return entry
+
+
+@dataclass
+class SweepSummary:
+    """A sweep's results as data; :meth:`to_json` is ``sweep_summary.json``."""
+
+    arm: str
+    generation: int
+    kind: str
+    rival: str | None  # the selected arm's main rival, when it ran
+    others: list[str]  # its other rivals that ran (e.g. baseline for tolerant: a compact student's own architecture)
+    grid: list
+    reference: str
+    points: list[PointSummary]
+    best: PointSummary | None
+    test_command: str | None
+
+    @property
+    def best_settings(self) -> dict[str, Any] | None:
+        return self.best.settings if self.best is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"select": {"arm": self.arm, "generation": self.generation, "kind": self.kind, "metric": "top1",
+                           "split": SWEEP_SPLIT},
+                "rival": self.rival, "others": self.others, "grid": self.grid, "reference": self.reference,
+                "points": [p.to_json() for p in self.points], "best": self.best.name if self.best else None,
+                "best_settings": self.best_settings, "test_command": self.test_command}
+
+
+def _json(found: Paired | None) -> dict[str, Any] | None:
+    return None if found is None else {"n": found.n, "mean": found.mean, "std": found.std, "p": found.p}
+
+
+def mean_of(values: dict[int, float]) -> float:
+    """The mean of a {seed: value} mapping (nan when empty)."""
+    return sum(values.values()) / len(values) if values else math.nan

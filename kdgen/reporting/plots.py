@@ -16,7 +16,7 @@ from kdgen.arms import sort_key as arm_sort_key
 if TYPE_CHECKING:
     from kdgen.reporting.equal_cost import CostPoint
     from kdgen.reporting.results import Cell
-    from kdgen.reporting.sweep_page import PointSummary, SweepSummary
+    from kdgen.sweep_plan import PointSummary, SweepSummary
 
 
 def _series(cells: "list[Cell]", split: str, kind: str, arm: str, metric: str) -> tuple[list, list, list]:

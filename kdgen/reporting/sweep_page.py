@@ -10,7 +10,6 @@ one plot per swept key through the best point.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,75 +20,10 @@ from kdgen.reporting.formatting import difference, markdown_table, p_value
 from kdgen.reporting.page import write_html
 from kdgen.reporting.results import METRICS, Results, format_cell
 from kdgen.reporting.statistics import Paired, paired
-from kdgen.sweep_plan import SweepPlan, axis_keys, parse_select
+from kdgen.sweep_plan import SWEEP_SPLIT, PointSummary, SweepPlan, SweepSummary, axis_keys, mean_of, parse_select
 
-SPLIT = "val"  # a sweep chooses; it never reads the test split
+SPLIT = SWEEP_SPLIT
 SHOWN = tuple(m.name for m in METRICS if m.sweep)
-
-
-@dataclass
-class PointSummary:
-    """One grid point: its settings, its val (and train-sample) results and how its selected cell scores."""
-
-    name: str
-    settings: dict[str, Any]
-    complete: bool
-    results: Results
-    score: dict[int, float] = field(default_factory=dict)  # the selected cell's val top-1 per seed
-    score_nll: float = math.nan
-    patriarch_train_top1: float = math.nan  # did the patriarch converge? (its unaugmented training sample)
-    vs_reference: Paired | None = None
-    vs_rival: Paired | None = None
-    vs_others: dict[str, Paired | None] = field(default_factory=dict)  # the selected arm's other rivals that ran
-
-    @property
-    def score_mean(self) -> float:
-        return _mean(self.score)
-
-    def to_json(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"name": self.name, "settings": self.settings, "complete": self.complete,
-                                 "cells": [c.to_json() for c in self.results.cells_in(SPLIT)],
-                                 "score_n": len(self.score), "patriarch_train_top1": self.patriarch_train_top1}
-        if self.score:
-            entry.update(score_mean=self.score_mean, score_nll=self.score_nll,
-                         vs_reference=_json(self.vs_reference), vs_rival=_json(self.vs_rival),
-                         vs_others={other: _json(found) for other, found in self.vs_others.items()})
-        return entry
-
-
-@dataclass
-class SweepSummary:
-    """A sweep's results as data; :meth:`to_json` is ``sweep_summary.json``."""
-
-    arm: str
-    generation: int
-    kind: str
-    rival: str | None  # the selected arm's main rival, when it ran
-    others: list[str]  # its other rivals that ran (e.g. baseline for tolerant: a compact student's own architecture)
-    grid: list
-    reference: str
-    points: list[PointSummary]
-    best: PointSummary | None
-    test_command: str | None
-
-    @property
-    def best_settings(self) -> dict[str, Any] | None:
-        return self.best.settings if self.best is not None else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"select": {"arm": self.arm, "generation": self.generation, "kind": self.kind, "metric": "top1",
-                           "split": SPLIT},
-                "rival": self.rival, "others": self.others, "grid": self.grid, "reference": self.reference,
-                "points": [p.to_json() for p in self.points], "best": self.best.name if self.best else None,
-                "best_settings": self.best_settings, "test_command": self.test_command}
-
-
-def _json(found: Paired | None) -> dict[str, Any] | None:
-    return None if found is None else {"n": found.n, "mean": found.mean, "std": found.std, "p": found.p}
-
-
-def _mean(values: dict[int, float]) -> float:
-    return sum(values.values()) / len(values) if values else math.nan
 
 
 def _load_plan(out: Path) -> dict[str, Any]:
@@ -132,9 +66,9 @@ def sweep_summary(out: Path) -> SweepSummary:
         point.complete = point.results.complete
         top1 = point.results.values(SPLIT)
         point.score = top1.get(cell, {})
-        point.patriarch_train_top1 = _mean(point.results.values("train").get((arm, 0, "single"), {}))
+        point.patriarch_train_top1 = mean_of(point.results.values("train").get((arm, 0, "single"), {}))
         if point.score:
-            point.score_nll = _mean(point.results.values(SPLIT, "nll").get(cell, {}))
+            point.score_nll = mean_of(point.results.values(SPLIT, "nll").get(cell, {}))
             point.vs_reference = paired(point.score, ref_values) if point.name != reference.name else None
             if rival is not None:
                 point.vs_rival = paired(point.score, top1.get((rival, generation, kind), {}))
