@@ -184,9 +184,17 @@ def test_kdgen_models_prints_parameters_and_flops(kdgen_cli):
         assert bad.returncode == 2 and message in bad.stderr
 
 
-def test_a_sweep_axis_can_be_the_teachers_tolerance_method_with_its_strength():
-    plan = make_plan(None, ["tolerance={method: tsd, eta: 0.74},{method: label-smoothing, epsilon: 0.03}"],
-                     ["generations.models=[cnn,cnn-tiny]"], "tolerant/last", 0)
+def test_a_sweep_axis_can_be_the_teachers_tolerance_method_with_its_strength(tmp_path):
+    from kdgen.running.sweep import run_sweep
+
+    tiny = [o for o in CHAIN if not o.startswith("--")] + ["generations.count=1", "log.progress=false"]
+    plan = make_plan(None, ["tolerance={method: tsd, eta: 0.74},{method: label-smoothing, epsilon: 0.03}",
+                            "train.milestones=[0.5]"], tiny, "tolerant/last", 0)
     points = plan.points()
-    assert [p.name for p in points] == ["0_tolerance=tsd-eta0.74", "1_tolerance=label-smoothing-epsilon0.03"]
+    assert [p.name for p in points] == ["0_tolerance=tsd-eta0.74_milestones=0.5",
+                                        "1_tolerance=label-smoothing-epsilon0.03_milestones=0.5"]
     assert plan.config_for(points[1]).tolerance.method == "label-smoothing"
+    run_sweep(plan, tmp_path / "sweep", echo=False)  # its page and plots take section- and list-valued axes
+    page = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| label-smoothing-epsilon0.03 |" in page and "Δ vs baseline" in page
+    assert (tmp_path / "sweep" / "plots" / "sweep_tolerance.png").is_file()

@@ -104,8 +104,16 @@ def accuracy_confidence_plot(cells: "list[Cell]", split: str, path: Path, models
 
 
 def _axis_value(point: "PointSummary", keys: list[str]) -> object:
-    """A grid point's value on an axis: the key's value, or a tuple for linked keys."""
-    return point.settings[keys[0]] if len(keys) == 1 else tuple(point.settings[k] for k in keys)
+    """A grid point's value on an axis: the key's value, or a tuple for linked keys; hashable (a list value as a
+    tuple, a whole section such as ``tolerance={method: tsd, eta: 0.74}`` as its label ``tsd-eta0.74``)."""
+    from kdgen.sweep_plan import label_value
+
+    def hashable(value: object) -> object:
+        if isinstance(value, dict):
+            return label_value(value)
+        return tuple(hashable(v) for v in value) if isinstance(value, list) else value
+
+    return hashable(point.settings[keys[0]]) if len(keys) == 1 else tuple(hashable(point.settings[k]) for k in keys)
 
 
 def _slice(summary: "SweepSummary", axis: str, free: str | None = None) -> "list[PointSummary]":

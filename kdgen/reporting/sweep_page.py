@@ -20,7 +20,8 @@ from kdgen.reporting.formatting import difference, markdown_table, p_value
 from kdgen.reporting.page import write_html
 from kdgen.reporting.results import METRICS, Results, format_cell
 from kdgen.reporting.statistics import Paired, paired
-from kdgen.sweep_plan import SWEEP_SPLIT, PointSummary, SweepPlan, SweepSummary, axis_keys, mean_of, parse_select
+from kdgen.sweep_plan import (SWEEP_SPLIT, PointSummary, SweepPlan, SweepSummary, axis_keys, label_value, mean_of,
+                              parse_select)
 
 SPLIT = SWEEP_SPLIT
 SHOWN = tuple(m.name for m in METRICS if m.sweep)
@@ -115,7 +116,7 @@ def build_sweep_report(out: Path) -> Path:
     body = []
     for p in summary.points:
         state = "" if p.complete else " (running)" if (out / "runs" / p.name).is_dir() else " (not run yet)"
-        line = [p.name + state] + [str(p.settings[k]) for k in keys]
+        line = [p.name + state] + [label_value(v) if isinstance(v := p.settings[k], dict) else str(v) for k in keys]
         line += [format_cell(p.results.cell(SPLIT, arm, g), "top1") for g in gens]
         train = p.patriarch_train_top1
         line += [format_cell(p.results.cell(SPLIT, arm, 0), "conf"), "–" if math.isnan(train) else f"{train:.2f}",
