@@ -10,7 +10,8 @@ patriarch's in another, the strict line in a third)::
 Each ``LABEL=RUN/ARM`` names one line of models. Units depend only on their seed and settings, so the same
 seed in two runs of the same data and recipe is a fair pair. Prints a markdown table: per label and
 generation, mean ± std of top-1 and confidence over seeds, and the paired difference to the reference with
-its p (two-sided paired t-test) and the smallest difference the seeds detect with 80 % power.
+its p (two-sided paired t-test) and the smallest difference the seeds detect with 80 % power. ``--show`` adds other
+metrics (mean ± std), ``--generations`` keeps some generations (e.g. a compact student's).
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def main() -> None:
     parser.add_argument("lines", nargs="+", metavar="LABEL=RUN/ARM")
     parser.add_argument("--split", default="val")
     parser.add_argument("--reference", required=True, metavar="LABEL")
+    parser.add_argument("--show", default="conf", metavar="METRIC,...",
+                        help="metrics shown as mean ± std beside top-1 (default conf; e.g. conf,nll,ece,secondary_mass)")
+    parser.add_argument("--generations", default=None, metavar="G,...", help="only these generations (default all)")
     args = parser.parse_args()
+    shown = [m for m in args.show.split(",") if m]
+    wanted = None if args.generations is None else {int(g) for g in args.generations.split(",")}
     rows = [row for spec in args.lines for row in line_rows(spec)[1]]
     labels = [spec.partition("=")[0] for spec in args.lines]
     if args.reference not in labels:
@@ -48,10 +54,13 @@ def main() -> None:
     results = Results(rows)
     summary = {(c.arm, c.generation): c for c in results.cells_in(args.split, "single")}
     top1 = results.values(args.split)
-    print(f"| line | gen | n | top-1 ({args.split}) | confidence | − {args.reference} | p | detectable (80 %) |")
-    print("|---|---|---|---|---|---|---|---|")
+    names = {"conf": "confidence", "secondary_mass": "mass ranks 2..K"}
+    header = ["line", "gen", "n", f"top-1 ({args.split})", *(names.get(m, m) for m in shown),
+              f"− {args.reference}", "p", "detectable (80 %)"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for label in labels:
-        for generation in sorted(g for (a, g) in summary if a == label):
+        for generation in sorted(g for (a, g) in summary if a == label and (wanted is None or g in wanted)):
             entry = summary[(label, generation)]
             diff = None if label == args.reference else paired(
                 top1[(label, generation, "single")], top1.get((args.reference, generation, "single"), {}))
@@ -59,8 +68,8 @@ def main() -> None:
             if diff is not None:
                 text = [difference(diff.mean, diff.std), p_value(diff.p),
                         "–" if math.isnan(diff.detectable) else f"±{diff.detectable:.2f}"]
-            print(f"| {label} | {generation} | {entry.n} | {entry.format('top1')} | "
-                  f"{entry.format('conf')} | " + " | ".join(text) + " |")
+            cells = [label, str(generation), str(entry.n), entry.format("top1"), *(entry.format(m) for m in shown)]
+            print("| " + " | ".join(cells + text) + " |")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,11 @@ def test_compare_arms_pairs_lines_from_different_runs_by_seed(tmp_path, script):
     assert "| ref | 1 | 3 | 92.00 ± 2.00 | – | – | – | – |" in out
     # +1, +1, +1.5: mean 1.17, std 0.29, paired t p = 0.020; detectable (t_0.975,2 4.30 + t_0.8,2 1.06) * 0.289 / sqrt(3)
     assert "| other | 1 | 3 | 93.17 ± 2.25 | – | +1.17 ± 0.29 | 0.020 | ±0.89 |" in out
+    # other metrics beside top-1, and one generation only (a compact student's)
+    shown = script("compare_arms.py", "--split", "test", "--reference", "ref", "--show", "conf,nll", "--generations",
+                   "1", f"ref={a}/strict", f"other={b}/strict").stdout
+    assert "| confidence | nll | − ref |" in shown and "| other | 1 | 3 | 93.17 ± 2.25 | – | 0.100 ± 0.000 | +1.17" in shown
+    assert all(line.split(" | ")[1] == "1" for line in shown.splitlines()[2:])
 
 
 def test_throughput_benchmark_prints_every_figure(tmp_path):
