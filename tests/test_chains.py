@@ -86,6 +86,16 @@ def test_load_predict_and_transfer_work_on_a_student_of_another_architecture(cha
     probes = read_json(tmp_path / "probes" / "synthetic.json")["rows"]
     dims = {r["generation"]: r["feature_dim"] for r in probes}
     assert dims == {0: 64, 1: 32, 2: 32}  # each model's own feature layer: resnet8's 64, cnn-tiny's 32
+    # the students only, of two arms
+    only = kdgen_cli("transfer", str(chain_run), *PROBE, "probe.generations=[1]", "probe.arms=[strict,tolerant]",
+                     "--out", str(tmp_path / "students"))
+    assert only.returncode == 0, only.stderr
+    rows = read_json(tmp_path / "students" / "synthetic.json")["rows"]
+    assert {(r["arm"], r["generation"]) for r in rows} == {("strict", 1), ("tolerant", 1)}
+    assert [r for r in probes if (r["arm"], r["generation"]) == ("strict", 1)] == \
+        [r for r in rows if r["arm"] == "strict"]  # the same model, the same probe
+    none = kdgen_cli("transfer", str(chain_run), *PROBE, "probe.generations=[7]", "--out", str(tmp_path / "none"))
+    assert none.returncode == 2 and "leave no model to probe" in none.stderr
 
 
 def test_unit_keys_cover_the_architecture_of_every_generation_a_unit_depends_on():

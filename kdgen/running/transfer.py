@@ -65,6 +65,9 @@ class ProbeSettings(_Strict):
     # else its last nn.Linear.
     layer: str | None = None
     batch_size: int = Field(1024, ge=1)
+    # Probe only these generations / arms of the run (None: every model), e.g. a compact chain's students: [1, 2].
+    generations: list[int] | None = None
+    arms: list[str] | None = None
 
     @field_validator("c_values")
     @classmethod
@@ -250,7 +253,12 @@ def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | 
     from kdgen.running.inference import load
 
     run_dir = Path(run_dir)
-    units = _finished_units(run_dir)
+    every = _finished_units(run_dir)
+    gens, arms = cfg.probe.generations, cfg.probe.arms
+    units = [u for u in every if (gens is None or u[2] in gens) and (arms is None or u[0] in arms)]
+    if not units:
+        raise UserError(f"{run_dir}: probe.generations {gens} and probe.arms {arms} leave no model to probe (the run "
+                        f"has arms {sorted({u[0] for u in every})}, generations {sorted({u[2] for u in every})})")
     folder = Path(out) if out is not None else run_dir / TRANSFER_DIR
     path = folder / f"{probe_label(cfg).replace(' ', '-').replace(',', '-')}.json"
     if path.exists():
