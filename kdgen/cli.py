@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="(re)build a run's report, or compare several runs on one page",
                                  description="With one DIR: rebuild report.md, report.html and plots/ from "
-                                 "DIR/results.json. With several (and --out): one page comparing them.")
+                                 "DIR/results.json (a sweep folder: sweep.md, sweep.html and its plots from its points' val rows). With "
+                                 "several (and --out): one page comparing them.")
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="DIR")
     report.add_argument("--out", type=Path, metavar="OUT", help="folder (new or empty) for the comparison page")
 
@@ -235,6 +236,11 @@ def _report(args: argparse.Namespace) -> int:
 
         check_new_out_dir(args.out)
         print(f"report: {build_comparison(args.run_dirs, args.out)}")  # reads every run before writing
+        return 0
+    if (args.run_dirs[0] / "sweep.json").is_file():  # a sweep folder: its summary page, from its points' val rows
+        from kdgen.reporting.sweep_page import build_sweep_report
+
+        print(f"report: {build_sweep_report(args.run_dirs[0])}")
         return 0
     results = Results.load(args.run_dirs[0])
     path = build_report(args.run_dirs[0], results)

@@ -194,7 +194,7 @@ def test_kdgen_models_prints_parameters_and_flops(kdgen_cli):
         assert bad.returncode == 2 and message in bad.stderr
 
 
-def test_a_sweep_axis_can_be_the_teachers_tolerance_method_with_its_strength(tmp_path):
+def test_a_sweep_axis_can_be_the_teachers_tolerance_method_with_its_strength(tmp_path, kdgen_cli):
     from kdgen.running.sweep import run_sweep
 
     tiny = [o for o in CHAIN if not o.startswith("--")] + ["generations.count=1", "log.progress=false"]
@@ -208,3 +208,7 @@ def test_a_sweep_axis_can_be_the_teachers_tolerance_method_with_its_strength(tmp
     page = (tmp_path / "sweep" / "sweep.md").read_text()
     assert "| label-smoothing-epsilon0.03 |" in page and "Δ vs baseline" in page
     assert (tmp_path / "sweep" / "plots" / "sweep_tolerance.png").is_file()
+    assert "`tolerance` ∈ [tsd-eta0.74, label-smoothing-epsilon0.03]" in page
+    (tmp_path / "sweep" / "sweep.md").unlink()  # kdgen report rebuilds a sweep's page as it does a run's
+    assert kdgen_cli("report", str(tmp_path / "sweep")).returncode == 0
+    assert (tmp_path / "sweep" / "sweep.md").read_text() == page

@@ -81,6 +81,15 @@ def sweep_summary(out: Path) -> SweepSummary:
                         plan.test_command(best_plan) if best_plan is not None else None)
 
 
+def _shown(value: Any) -> str:
+    """A grid value as the page shows it: a whole section by its label (``tsd-eta0.74``), anything else as written."""
+    return label_value(value) if isinstance(value, dict) else str(value)
+
+
+def _values(values: list) -> str:
+    return "[" + ", ".join(_shown(v) for v in values) + "]"
+
+
 def _diff(d: Paired | None) -> str:
     return "–" if d is None else f"{difference(d.mean, d.std)} (p {p_value(d.p)})"
 
@@ -100,14 +109,14 @@ def build_sweep_report(out: Path) -> Path:
     rivals = " and ".join(f"the {other} arm's" for other in [rival, *summary.others] if other is not None)
     versus = (f", and against {rivals} generation {last} at the same point." if rival is not None
               else f" ({arm} has no rival arm in this sweep).")
-    intro = [f"Grid: {'; '.join(f'`{k}` ∈ {v}' for k, v in summary.grid)} — {done} of {len(summary.points)} "
+    intro = [f"Grid: {'; '.join(f'`{k}` ∈ {_values(v)}' for k, v in summary.grid)} — {done} of {len(summary.points)} "
              f"points complete. Scored on the **val split only**; mean ± std over seeds (n up to {seeds}).",
              f"Score: val top-1 of {what}. Paired differences pair seeds: against the reference point "
              f"`{summary.reference}`" + versus,
              "Units shared between points (the baseline and strict arms in a tolerance sweep) were trained once."]
     if summary.best is not None:
         best = summary.best
-        intro.append(f"**Best point on val: `{best.name}`** ({', '.join(f'{k}={v}' for k, v in best.settings.items())}), "
+        intro.append(f"**Best point on val: `{best.name}`** ({', '.join(f'{k}={_shown(v)}' for k, v in best.settings.items())}), "
                      f"val top-1 {best.score_mean:.2f}. Evaluate it on test, once: `{summary.test_command}`")
     gens = range(0, last + 1)
     header = ["point", *keys] + [f"{arm} g{g} top1" for g in gens] + \
@@ -116,7 +125,7 @@ def build_sweep_report(out: Path) -> Path:
     body = []
     for p in summary.points:
         state = "" if p.complete else " (running)" if (out / "runs" / p.name).is_dir() else " (not run yet)"
-        line = [p.name + state] + [label_value(v) if isinstance(v := p.settings[k], dict) else str(v) for k in keys]
+        line = [p.name + state] + [_shown(p.settings[k]) for k in keys]
         line += [format_cell(p.results.cell(SPLIT, arm, g), "top1") for g in gens]
         train = p.patriarch_train_top1
         line += [format_cell(p.results.cell(SPLIT, arm, 0), "conf"), "–" if math.isnan(train) else f"{train:.2f}",
