@@ -158,6 +158,12 @@ def _axis_label(keys: list[str], value: object) -> str:
     return ", ".join(f"{_short(k)} {v}" for k, v in zip(keys, value))  # type: ignore[call-overload]
 
 
+def _section_tick(section: dict) -> str:
+    """A whole section as a tick: its method, and its settings on a second line (``tsd`` / ``eta 0.74, k 3``)."""
+    rest = ", ".join(f"{_short(k)} {v}" for k, v in section.items() if k != "method")
+    return f"{section.get('method', '')}\n{rest}" if rest else str(section.get("method", ""))
+
+
 def sweep_plot(summary: "SweepSummary", key: str, path: Path) -> Path | None:
     """Val top-1 of the selected arm (and of its rival arm, dashed) against grid axis ``key``, and the
     patriarch's confidence. With one axis: a line per generation, through the best point. With a second
@@ -226,7 +232,10 @@ def sweep_plot(summary: "SweepSummary", key: str, path: Path) -> Path | None:
         if ax is not zoom:
             ax.legend(fontsize=7 if second is None else 6.5, ncol=2 if ax is left else 1, loc="best")
         if not numeric:
-            ax.set_xticks(range(len(values)), [_axis_label(keys, v) for v in values])
+            sections = {_axis_value(e, keys): e.settings[keys[0]] for e in points if len(keys) == 1}
+            labels = [_section_tick(sections[v]) if isinstance(sections.get(v), dict) else _axis_label(keys, v)
+                      for v in values]
+            ax.set_xticks(range(len(values)), labels, fontsize=8 if any("\n" in label for label in labels) else None)
         elif _spans_decades(values):
             # e.g. eta = 0, 0.3, 1, 3: linear near 0, logarithmic above the smallest positive value
             ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))
