@@ -11,7 +11,8 @@ Each ``LABEL=RUN/ARM`` names one line of models. Units depend only on their seed
 seed in two runs of the same data and recipe is a fair pair. Prints a markdown table: per label and
 generation, mean ± std of top-1 and confidence over seeds, and the paired difference to the reference with
 its p (two-sided paired t-test) and the smallest difference the seeds detect with 80 % power. ``--show`` adds other
-metrics (mean ± std), ``--generations`` keeps some generations (e.g. a compact student's).
+metrics (mean ± std), ``--generations`` keeps some generations (e.g. a compact student's), ``--probe mnist``
+compares the lines' ``kdgen transfer`` probes (RUN/transfer/mnist.json) instead of the models themselves.
 """
 
 from __future__ import annotations
@@ -20,17 +21,26 @@ import argparse
 import math
 from pathlib import Path
 
+from kdgen.checkpoint import read_json
+from kdgen.folders import TRANSFER_DIR
 from kdgen.reporting.formatting import difference, p_value
 from kdgen.reporting.results import Results
 from kdgen.reporting.statistics import paired
 
 
-def line_rows(spec: str) -> tuple[str, list[dict]]:
+def line_rows(spec: str, probe: str | None = None) -> tuple[str, list[dict]]:
     label, _, where = spec.partition("=")
     run, _, arm = where.rpartition("/")
     if not label or not run or not arm:
         raise SystemExit(f"{spec!r}: expected LABEL=RUN/ARM")
-    rows = [dict(r, arm=label) for r in Results.load(Path(run)).rows if r["arm"] == arm]
+    if probe is not None:  # kdgen transfer's rows of this run: RUN/transfer/PROBE.json
+        path = Path(run) / TRANSFER_DIR / f"{probe}.json"
+        if not path.is_file():
+            raise SystemExit(f"{spec!r}: no {path} (run kdgen transfer first)")
+        found = read_json(path)["rows"]
+    else:
+        found = Results.load(Path(run)).rows
+    rows = [dict(r, arm=label) for r in found if r["arm"] == arm]
     if not rows:
         raise SystemExit(f"{spec!r}: arm {arm!r} has no rows in {run}")
     return label, rows
@@ -44,10 +54,13 @@ def main() -> None:
     parser.add_argument("--show", default="conf", metavar="METRIC,...",
                         help="metrics shown as mean ± std beside top-1 (default conf; e.g. conf,nll,ece,secondary_mass)")
     parser.add_argument("--generations", default=None, metavar="G,...", help="only these generations (default all)")
+    parser.add_argument("--probe", default=None, metavar="NAME",
+                        help="compare kdgen transfer's linear probes (RUN/transfer/NAME.json, e.g. mnist) instead of "
+                        "the models' own rows")
     args = parser.parse_args()
     shown = [m for m in args.show.split(",") if m]
     wanted = None if args.generations is None else {int(g) for g in args.generations.split(",")}
-    rows = [row for spec in args.lines for row in line_rows(spec)[1]]
+    rows = [row for spec in args.lines for row in line_rows(spec, args.probe)[1]]
     labels = [spec.partition("=")[0] for spec in args.lines]
     if args.reference not in labels:
         raise SystemExit(f"--reference {args.reference!r} is not one of {labels}")

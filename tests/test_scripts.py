@@ -63,6 +63,15 @@ def test_compare_arms_pairs_lines_from_different_runs_by_seed(tmp_path, script):
                    "1", f"ref={a}/strict", f"other={b}/strict").stdout
     assert "| confidence | nll | − ref |" in shown and "| other | 1 | 3 | 93.17 ± 2.25 | – | 0.100 ± 0.000 | +1.17" in shown
     assert all(line.split(" | ")[1] == "1" for line in shown.splitlines()[2:])
+    # the lines' transfer probes instead of the models: the probe's rows, paired the same way
+    for folder, values in ((a, {0: 70.0, 1: 71.0, 2: 72.0}), (b, {0: 72.0, 1: 73.0, 2: 74.5})):
+        (folder / "transfer").mkdir()
+        rows = [{"arm": "strict", "generation": 1, "kind": "single", "seed": seed, "split": "test", "top1": top1,
+                 "nll": 0.5, "probe": "mnist"} for seed, top1 in values.items()]
+        (folder / "transfer" / "mnist.json").write_text(json.dumps({"rows": rows}))
+    probes = script("compare_arms.py", "--split", "test", "--reference", "ref", "--probe", "mnist", "--show", "nll",
+                    f"ref={a}/strict", f"other={b}/strict").stdout
+    assert "| other | 1 | 3 | 73.17 ± 1.26 | 0.500 ± 0.000 | +2.17 ± 0.29 |" in probes
 
 
 def test_throughput_benchmark_prints_every_figure(tmp_path):
