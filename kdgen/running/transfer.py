@@ -256,7 +256,7 @@ def run_transfer(run_dir: str | Path, cfg: TransferConfig, *, out: str | Path | 
     every = _finished_units(run_dir)
     gens, arms = cfg.probe.generations, cfg.probe.arms
     units = [u for u in every if (gens is None or u[2] in gens) and (arms is None or u[0] in arms)]
-    if not units:
+    if not units and (gens is not None or arms is not None):
         raise UserError(f"{run_dir}: probe.generations {gens} and probe.arms {arms} leave no model to probe (the run "
                         f"has arms {sorted({u[0] for u in every})}, generations {sorted({u[2] for u in every})})")
     folder = Path(out) if out is not None else run_dir / TRANSFER_DIR
