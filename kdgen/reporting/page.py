@@ -301,7 +301,7 @@ def build_comparison(run_dirs: list[Path], out: Path) -> Path:
         cfg = run_config(run_dir)
         what = f"{cfg.data.name}, {' → '.join(dict.fromkeys(cfg.chain_models))}, " if cfg is not None else ""
         seeds = len(results.seeds)
-        found = findings(results, "test")
+        found = findings(results, "test", chain_models(read_architectures(run_dir)))
         blocks += [("p", f"**{name}** ({what}{seeds} seeds): {headline(found)}"), ("ul", [f.sentence() for f in found])]
     lead = len(blocks)
     blocks.append(("p", "Test split: final numbers, never used for any choice; differences paired by seed within a run."))
