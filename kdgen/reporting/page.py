@@ -215,18 +215,19 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
     if best is not None:
         write_json(run_dir / "best.json", best)
     architectures = read_architectures(run_dir)
+    models = chain_models(architectures)  # tick labels of every per-generation plot; None for one architecture
     blocks = verdict_blocks(results, best, str(run_dir), architectures)
     lead = len(blocks)
     has = {split: split in results.splits for split in ("test", "val")}
     if has["test"]:
         blocks.append(("img", metric_plot(cells, "test", "top1", plots_dir / "top1_test.png", "top-1 accuracy (%)",
-                                          chain_models(architectures))))
+                                          models)))
     extras = results.extras
     cfg = run_config(run_dir)
     flops = [float(a["flops"]) for a in architectures] if architectures else None
     cost_points = equal_cost_points(cells, cfg, flops) if cfg is not None else []
     compare_cost = len({p.cost for p in cost_points}) > 1  # one cost for everything: nothing to compare
-    if chain_models(architectures):
+    if models:
         blocks.append(("table", "Each generation's model (forward FLOPs per image of the data's size)",
                        *architecture_table(architectures)))
     for split, heading in (("test", "Test split: final numbers"),
@@ -255,9 +256,9 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
     for split in ("test", "val"):
         if has[split]:
             figures.append(accuracy_confidence_plot(cells, split, plots_dir / f"top1_confidence_{split}.png",
-                                                    chain_models(architectures)))
+                                                    models))
     if has["test"]:
-        figures.append(metric_plot(cells, "test", "ece", plots_dir / "ece_test.png", "ECE", chain_models(architectures)))
+        figures.append(metric_plot(cells, "test", "ece", plots_dir / "ece_test.png", "ECE", models))
         figures += calibration_plots(extras, "test", plots_dir)
     heatmap = patriarch_heatmaps(extras, "test", plots_dir / "patriarch_soft_confusion_test.png")
     if heatmap is not None:
@@ -266,8 +267,7 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
         figures += [equal_cost_plot(cost_points, split, plots_dir / f"equal_cost_{split}.png")
                     for split in ("test", "val") if has[split]]
     if has["val"]:
-        figures.append(metric_plot(cells, "val", "top1", plots_dir / "top1_val.png", "top-1 accuracy (%)",
-                                   chain_models(architectures)))
+        figures.append(metric_plot(cells, "val", "top1", plots_dir / "top1_val.png", "top-1 accuracy (%)", models))
     blocks += [("img", figure) for figure in figures]
     if wall_time_s is None and (run_dir / "timing.json").is_file():  # a rebuild keeps the run's wall time
         from kdgen.checkpoint import read_json

@@ -74,8 +74,8 @@ def describe_chain(profiles: list[Profile]) -> str:
 
     if len({p.name for p in profiles}) == 1:
         return f"model {one(profiles[0])}"
-    students = sorted({p.name for p in profiles[1:]}, key=[p.name for p in profiles[1:]].index)
-    shown = ", ".join(one(next(p for p in profiles[1:] if p.name == name)) for name in students)
+    students = {p.name: p for p in profiles[1:]}  # each student architecture once, in chain order
+    shown = ", ".join(one(p) for p in students.values())
     return f"patriarch {one(profiles[0])}, students {shown}"
 
 
