@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--input", default="3x32x32", metavar="CxHxW",
                         help="image shape to count FLOPs at (default 3x32x32, CIFAR; 1x28x28 for Fashion-MNIST)")
     models.add_argument("--classes", type=int, default=10, metavar="N", help="classes of the output layer (default 10)")
-    models.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
+    models.add_argument("--timm", nargs="?", const="*", metavar="PATTERN",
+                        help="list timm's architectures matching PATTERN (shell wildcards, e.g. 'resnet*'; default all), "
+                        "usable as model.name=timm/NAME with the [timm] extra")
+    models.add_argument("names", nargs="*", metavar="NAME",
+                        help="only these models (default: all of kdgen's own), e.g. resnet20 timm/resnet18")
     commands.add_parser("sources", help="list the data sources")
     config = commands.add_parser("config", help="print the resolved config (defaults + file + overrides) as YAML")
     config.add_argument("--config", type=Path, metavar="FILE")
@@ -305,8 +309,23 @@ def _print_error(exc: UserError) -> None:
         print(f"kdgen: error{f' (rank {own})' if own else ''}: {exc}", file=sys.stderr)
 
 
+def _timm_models(pattern: str) -> int:
+    """``kdgen models --timm PATTERN``: timm's architecture names, one a line, as kdgen names them."""
+    from kdgen.models import split_name
+
+    namespace, _ = split_name("timm/_")  # type: ignore[misc] - the timm namespace is always registered
+    reason = namespace.missing()
+    if reason is not None:
+        raise UserError(f"--timm: {reason}")
+    found = namespace.architectures(pattern)
+    if not found:
+        raise UserError(f"--timm {pattern!r}: no timm architecture matches (wildcards: 'resnet*', '*vit*')")
+    print("\n".join(f"timm/{name}" for name in found))
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
-    from kdgen.models import build, names, profile
+    from kdgen.models import build, check_name, names, profile
 
     try:
         shape = [int(part) for part in args.input.lower().split("x")]
@@ -316,9 +335,13 @@ def _models(args: argparse.Namespace) -> int:
         raise UserError(f"--input {args.input!r}: give the image shape as CxHxW, e.g. 3x32x32 or 1x28x28") from None
     if args.classes < 2:
         raise UserError(f"--classes {args.classes}: a classifier needs at least 2 classes")
-    unknown = [name for name in args.names if name not in names()]
-    if unknown:
-        raise UserError(f"unknown model {unknown[0]!r}; registered: {', '.join(names())}")
+    if args.timm is not None:
+        return _timm_models(args.timm)
+    for name in args.names:
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     rows = []
     for name in args.names or names():
         try:

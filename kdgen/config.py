@@ -54,9 +54,9 @@ class AugmentConfig(_Strict):
 class DataConfig(_Strict):
     """Which data, and how it is split: the val split (held out of the training split) makes every choice."""
 
-    omitted_when_unset = ("classes",)
+    omitted_when_unset = ("classes", "image_column", "label_column", "val_split")
 
-    # A registered data source (`kdgen sources`): digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, ...
+    # A registered data source (`kdgen sources`): digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, hf...
     name: str = "digits"
     # Where its files are, for sources that read files (each has a default, e.g. Debian's Fashion-MNIST).
     root: str | None = None
@@ -85,6 +85,19 @@ class DataConfig(_Strict):
     train_crop: int = Field(224, ge=8)
     eval_resize: int = Field(256, ge=8)
     eval_crop: int = Field(224, ge=8)
+    # hf only: the column of images; None: the one column whose feature is datasets.Image.
+    image_column: str | None = Field(None, min_length=1)
+    # hf only: the column of integer class ids; None: the one column whose feature is datasets.ClassLabel.
+    label_column: str | None = Field(None, min_length=1)
+    # hf only: the dataset's own split of this name (e.g. validation) is val, instead of val_fraction of train.
+    val_split: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _hf_keys_only_for_hf(self) -> "DataConfig":
+        given = [key for key in ("image_column", "label_column", "val_split") if getattr(self, key) is not None]
+        if given and self.name != "hf":
+            raise ValueError(f"data.{given[0]} is for data.name=hf (a Hugging Face dataset), not {self.name!r}")
+        return self
 
     @field_validator("classes")
     @classmethod
@@ -104,20 +117,24 @@ class DataConfig(_Strict):
 
 
 def _known_model(value: str) -> str:
-    from kdgen.models import names
+    from kdgen.models import check_name
 
-    if value not in names():
-        close = difflib.get_close_matches(value, names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {value!r}{hint}; see `kdgen models`")
-    return value
+    return check_name(value)
 
 
 class ModelConfig(_Strict):
     """The architecture of every generation of every arm (unless ``generations.models`` names one per generation)."""
 
+    omitted_when_unset = ("kwargs", "pretrained")
+
     # A registered model (`kdgen models`): cnn, cnn-tiny, mlp, resnet20/32/56/110, wrn-16-2, densenet-bc-100, resnet18...
+    # or any of timm's architectures as timm/<architecture> (the [timm] extra; `kdgen models --timm PATTERN`).
     name: str = "cnn"
+    # The model library's own options for timm/ models, e.g. {drop_path_rate: 0.1} (kdgen's own models take none).
+    kwargs: dict[str, Any] | None = None
+    # Start the patriarch (generation 0, and only it) from the library's pretrained weights (timm/ models); the
+    # weights must be on this machine (Hugging Face cache) or reachable. None: no.
+    pretrained: bool | None = None
 
     @field_validator("name")
     @classmethod
@@ -250,12 +267,22 @@ TAGGED_SECTIONS = {"tolerance": (METHODS, "tsd"), "distill": (DISTILL_METHODS, "
 
 
 class LogConfig(_Strict):
-    """What a run shows while it runs."""
+    """What a run shows while it runs, and where it is recorded besides the run folder."""
+
+    omitted_when_unset = ("mlflow_uri", "mlflow_experiment")
 
     # TensorBoard scalars (each unit's losses and learning rate per epoch) under DIR/tensorboard.
     tensorboard: bool = False
     # The progress bar (steps, ETA, the last epoch's losses).
     progress: bool = True
+    # MLflow tracking (the [mlflow] extra): a parent run per kdgen run (the config as params), a nested run per
+    # unit (its losses and learning rate per epoch, its final rows as metrics), the report as artifacts
+    # (kdgen.running.tracking). A failing tracking server turns it off with one warning; training goes on.
+    mlflow: bool = False
+    # Tracking URI, e.g. http://host:5000 or sqlite:///mlflow.db; None: MLFLOW_TRACKING_URI, else MLflow's default.
+    mlflow_uri: str | None = None
+    # The MLflow experiment the runs go to; None: "kdgen".
+    mlflow_experiment: str | None = None
 
 
 class _ConfigBase(_Strict):
@@ -299,6 +326,18 @@ class _ConfigBase(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("seeds must not repeat")
         return value
+
+    @model_validator(mode="after")
+    def _model_options(self) -> "_ConfigBase":
+        from kdgen.models import namespaced
+
+        if self.model.kwargs and not any(namespaced(name) for name in self.chain_models):
+            raise ValueError("model.kwargs: no model of this chain takes options (kdgen's own architectures are "
+                             "fixed; kwargs are for timm/<architecture>)")
+        if self.model.pretrained and not namespaced(self.model_of(0)):
+            raise ValueError(f"model.pretrained: the patriarch {self.model_of(0)!r} has no pretrained weights "
+                             "(they are for timm/<architecture>)")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -20,6 +20,7 @@ RESULTS_FILE = "results.json"
 TRANSFER_DIR = "transfer"  # kdgen transfer's probe results, one file per probe data set
 # Each generation's model: {"generations": [{"generation", "model", "params", "flops", "image_shape"}, ...]}
 ARCHITECTURES_FILE = "architectures.json"
+TRACKING_DIR = "mlflow"  # log.mlflow: the MLflow run ids of the run and its units, and why tracking stopped
 
 
 def unit_name(arm: str, seed: int, generation: int) -> str:
@@ -56,3 +57,24 @@ def read_architectures(out: Path) -> list[dict[str, Any]] | None:
         return list(read_json(path)["generations"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def tracking_note(run_dir: Path) -> str | None:
+    """The report's line on MLflow: where the run was logged, or what was not logged and why (None: not tracked)."""
+    from kdgen.checkpoint import read_json
+
+    folder = Path(run_dir) / TRACKING_DIR
+    reasons = sorted({p.read_text(encoding="utf-8").strip() for p in folder.glob("off-*.txt")}) \
+        if folder.is_dir() else []
+    if reasons:
+        return (f"MLflow: not logged from the point it failed on ({'; '.join(reasons)}); tracking was switched "
+                "off there and training went on.")
+    run_file = folder / "run.json"
+    try:
+        saved = read_json(run_file) if run_file.is_file() else None
+    except UserError:
+        saved = None  # a damaged record must not cost the report
+    if not isinstance(saved, dict):
+        return None
+    return (f"MLflow: parent run `{saved.get('parent')}` in experiment `{saved.get('experiment')}` at "
+            f"`{saved.get('tracking_uri')}`, with a nested run per unit.")

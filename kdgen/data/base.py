@@ -132,6 +132,9 @@ class SourceData:
     # Semantic groups of classes (lists of class indices, e.g. CIFAR-100's coarse labels), for the
     # "semantic" secondary-information metric; None where the source has no such grouping.
     class_groups: list[list[int]] | None = None
+    # The source's own validation split (e.g. a Hugging Face dataset's "validation"), used as val instead of
+    # holding out part of train; None: make_bundle holds out val_fraction of train, as for every built-in source.
+    val: AnySplit | None = None
 
     @property
     def num_classes(self) -> int:
@@ -139,7 +142,8 @@ class SourceData:
 
     def check_labels(self, where: str) -> None:
         """Raise :class:`DataError` if any label lies outside ``[0, num_classes)``."""
-        for name, split in (("train", self.train), ("test", self.test)):
+        splits = (("train", self.train), ("val", self.val), ("test", self.test))
+        for name, split in ((name, split) for name, split in splits if split is not None):
             labels = split.labels
             if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 raise DataError(f"{where}: {name} labels outside 0..{self.num_classes - 1}")
@@ -232,12 +236,16 @@ def make_bundle(source: SourceData, val_fraction: float, split_seed: int = 0, *,
     ``train_per_class`` keeps a fixed stratified subset of that many training images per class
     (after the val split, so val is the same with or without it), the same for every seed and arm.
     ``train_eval_size`` caps the fixed unaugmented training sample evaluated as split ``train``.
+    A source with its own val split (``source.val``) keeps all of train, and ``val_fraction`` is not used.
     """
-    train_idx, val_idx = stratified_val_split(source.train.labels, val_fraction, split_seed)
+    if source.val is not None:
+        train_idx, val = torch.arange(len(source.train)), source.val
+    else:
+        train_idx, val_idx = stratified_val_split(source.train.labels, val_fraction, split_seed)
+        val = source.train.subset(val_idx)
     if train_per_class is not None:
         train_idx = train_idx[per_class_subset(source.train.labels[train_idx], train_per_class, split_seed)]
     train = source.train.subset(train_idx)
-    val = source.train.subset(val_idx)
     if isinstance(val, StreamingSplit):
         val = val.for_eval()  # held-out images get the evaluation transform, not random crops
     if source.mean is not None and source.std is not None:
@@ -258,18 +266,20 @@ def select_classes(source: SourceData, classes: list[int], where: str) -> Source
         raise DataError(f"{where}: data.classes {classes} names a class above {source.num_classes - 1}")
     remap = torch.full((source.num_classes,), -1, dtype=torch.long)
     remap[torch.tensor(classes)] = torch.arange(len(classes))
-    splits = []
-    for name, split in (("train", source.train), ("test", source.test)):
+    splits: dict[str, Split] = {}
+    for name, split in (("train", source.train), ("val", source.val), ("test", source.test)):
+        if split is None:
+            continue
         if not isinstance(split, Split):
             raise DataError(f"{where}: data.classes works on resident data, not on a streamed {name} split")
         keep = remap[split.labels] >= 0
-        splits.append(Split(split.images[keep], remap[split.labels[keep]]))
+        splits[name] = Split(split.images[keep], remap[split.labels[keep]])
     groups = None
     if source.class_groups is not None:
         groups = [[int(remap[c]) for c in group if remap[c] >= 0] for group in source.class_groups]
         groups = [group for group in groups if group] or None
-    return SourceData(train=splits[0], test=splits[1], class_names=[source.class_names[c] for c in classes],
-                      augment=source.augment, mean=source.mean, std=source.std, class_groups=groups)
+    return SourceData(train=splits["train"], test=splits["test"], class_names=[source.class_names[c] for c in classes],
+                      augment=source.augment, mean=source.mean, std=source.std, class_groups=groups, val=splits.get("val"))
 
 
 def train_sample(train: AnySplit, size: int, seed: int) -> AnySplit:

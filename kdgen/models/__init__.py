@@ -3,12 +3,17 @@
 Every model maps ``(N, in_channels, H, W)`` float images to ``(N, num_classes)`` logits and
 accepts any input size its architecture allows (global average pooling before the classifier).
 Register new ones with :func:`register`.
+
+Whole families of another library are a *namespace*: ``timm/<architecture>`` builds any of timm's
+architectures (:mod:`kdgen.models.timm_zoo`). A namespace builds by name, takes the library's own options
+(``model.kwargs``) and may start from the library's pretrained weights; :func:`register_namespace` adds one.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from torch import nn
 
@@ -17,6 +22,68 @@ from kdgen import plugins
 ModelFactory = Callable[..., nn.Module]
 
 _MODELS: dict[str, ModelFactory] = {}
+
+
+class Namespace(Protocol):
+    """Builds the models ``PREFIX/<architecture>`` of another library (e.g. timm); see :mod:`kdgen.models.timm_zoo`."""
+
+    def missing(self) -> str | None:
+        """Why the library cannot be used here (one line, with the install command), or None when it can."""
+
+    def architectures(self, pattern: str = "*") -> list[str]:
+        """The library's architecture names matching ``pattern`` (shell-style wildcards)."""
+
+    def has(self, architecture: str) -> bool:
+        """Whether ``architecture`` (possibly with a weights tag, ``arch.tag``) names one of the library's models."""
+
+    def build(self, architecture: str, num_classes: int, in_channels: int, *, pretrained: bool = False,
+              options: dict[str, Any] | None = None) -> nn.Module:
+        """A new model; ``pretrained`` starts from the library's weights, ``options`` are its own keyword arguments."""
+
+    def weights(self, architecture: str) -> str:
+        """The name of the pretrained weights ``build(..., pretrained=True)`` loads (for unit keys and messages)."""
+
+
+_NAMESPACES: dict[str, Namespace] = {}
+
+
+def register_namespace(prefix: str, namespace: Namespace) -> None:
+    """Make ``PREFIX/<architecture>`` build through ``namespace``."""
+    if prefix in _NAMESPACES and _NAMESPACES[prefix] is not namespace:
+        raise ValueError(f"model namespace {prefix!r} is registered twice")
+    _NAMESPACES[prefix] = namespace
+
+
+def split_name(name: str) -> tuple[Namespace, str] | None:
+    """(namespace, architecture) of a namespaced name like ``timm/resnet18``; None for a registry name."""
+    prefix, slash, architecture = name.partition("/")
+    if not slash:
+        return None
+    _import_models()
+    namespace = _NAMESPACES.get(prefix)
+    return (namespace, architecture) if namespace is not None else None
+
+
+def check_name(name: str) -> str:
+    """``name`` if it names a model kdgen can build here, else ``ValueError`` with one line saying why
+    (did-you-mean for close names, the install command for a namespace whose library is missing)."""
+    found = split_name(name)
+    if found is not None:
+        namespace, architecture = found
+        reason = namespace.missing()
+        if reason is not None:
+            raise ValueError(f"model {name!r}: {reason}")
+        if not namespace.has(architecture):
+            prefix = name.partition("/")[0]
+            close = difflib.get_close_matches(architecture, namespace.architectures(), n=3)
+            hint = f" (did you mean {', '.join(f'{prefix}/{c}' for c in close)}?)" if close else ""
+            raise ValueError(f"unknown model {name!r}{hint}; see `kdgen models --{prefix} PATTERN`")
+        return name
+    if name not in names():
+        close = difflib.get_close_matches(name, names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}; see `kdgen models`")
+    return name
 
 
 def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -43,12 +110,39 @@ def names() -> list[str]:
     return sorted(_MODELS)
 
 
-def build(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """A freshly initialised model ``name`` with ``num_classes`` outputs for ``in_channels`` inputs."""
+def build(name: str, num_classes: int, in_channels: int = 3, *, pretrained: bool = False,
+          options: dict[str, Any] | None = None) -> nn.Module:
+    """A freshly initialised model ``name`` with ``num_classes`` outputs for ``in_channels`` inputs.
+
+    ``name`` is a registered model or a namespaced one (``timm/resnet18``). ``pretrained`` (start from the
+    library's weights) and ``options`` (the library's own keyword arguments) are for namespaced models; kdgen's
+    own architectures are fixed and take neither.
+    """
     _import_models()
+    found = split_name(name)
+    if found is not None:
+        namespace, architecture = found
+        return namespace.build(architecture, num_classes, in_channels, pretrained=pretrained, options=options)
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")
+    if pretrained or options:
+        raise ValueError(f"model {name!r} is one of kdgen's own architectures: it takes no options and has no "
+                         "pretrained weights (model.kwargs and model.pretrained are for timm/<architecture>)")
     return _MODELS[name](num_classes=num_classes, in_channels=in_channels)
+
+
+def weights_of(name: str) -> str:
+    """The pretrained weights ``build(name, ..., pretrained=True)`` loads, e.g. ``timm/resnet18.a1_in1k``."""
+    found = split_name(name)
+    if found is None:
+        raise ValueError(f"model {name!r} has no pretrained weights")
+    namespace, architecture = found
+    return namespace.weights(architecture)
+
+
+def namespaced(name: str) -> bool:
+    """Whether ``name`` is built by a namespace (``timm/...``) rather than kdgen's registry."""
+    return split_name(name) is not None
 
 
 def he_init(model: nn.Module) -> None:
@@ -105,4 +199,5 @@ def profile(model: nn.Module, image_shape: Sequence[int], name: str = "") -> Pro
     return Profile(name, count_parameters(model), counter.get_total_flops() // 2, tuple(int(s) for s in image_shape))
 
 
-__all__ = ["Profile", "build", "count_parameters", "he_init", "names", "profile", "register"]
+__all__ = ["Namespace", "Profile", "build", "check_name", "count_parameters", "he_init", "names", "namespaced", "profile",
+           "register", "register_namespace", "split_name", "weights_of"]

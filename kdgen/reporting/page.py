@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Union
 
 from kdgen.checkpoint import write_json
-from kdgen.folders import read_architectures
+from kdgen.folders import read_architectures, tracking_note
 from kdgen.reporting.formatting import markdown_table
 from kdgen.reporting.results import Results, format_cell
 from kdgen.reporting.tables import diff_table, gains_table, secondary_table, summary_table, trend_table
@@ -274,6 +274,7 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
 
         wall_time_s = read_json(run_dir / "timing.json").get("wall_time_s")
     notes = NOTES + ([f"Wall time: {wall_time_s:.1f} s."] if wall_time_s is not None else [])
+    notes += [note for note in [tracking_note(run_dir)] if note]  # where MLflow has the run, or what it missed
     blocks += [("h2", "How to read this")] + [("p", note) for note in notes]
     (run_dir / "report.md").write_text(to_markdown("kdgen report", blocks), encoding="utf-8")
     write_json(run_dir / "summary.json", {"summary": [c.to_json() for c in cells]})

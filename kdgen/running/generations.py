@@ -28,6 +28,7 @@ from kdgen.folders import Row, unit_name
 from kdgen.models import Profile, profile
 from kdgen.running.inference import example_shape
 from kdgen.running.run_folder import RunFolder
+from kdgen.running.tracking import Tracker
 from kdgen.running.unit_cache import CachedUnit, UnitCache
 from kdgen.training.augment import Normalizer
 from kdgen.training.batches import steps_per_epoch
@@ -62,10 +63,20 @@ class ChainModels:
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int, in_channels: int) -> "ChainModels":
-        from kdgen.models import build
+        """Each generation's model as the config names it; ``model.kwargs`` go to the models of a namespace
+        (``timm/...``), and ``model.pretrained`` starts the patriarch alone from its library's weights."""
+        from kdgen.models import build, namespaced
 
         names = tuple(cfg.chain_models)
-        return cls(tuple((lambda name=name: build(name, num_classes, in_channels)) for name in names), names)
+        if cfg.model.pretrained and len(names) == 1:
+            names = (names[0], names[0])  # a pretrained patriarch and fresh students: two factories, one name
+
+        def factory(g: int, name: str) -> ModelFactory:
+            options = cfg.model.kwargs if namespaced(name) else None
+            pretrained = bool(cfg.model.pretrained) and g == 0
+            return lambda: build(name, num_classes, in_channels, pretrained=pretrained, options=options)
+
+        return cls(tuple(factory(g, name) for g, name in enumerate(names)), names)
 
     @classmethod
     def from_user(cls, factory: ModelFactory | Sequence[ModelFactory]) -> "ChainModels":
@@ -86,6 +97,8 @@ class ChainModels:
                 name = self.names[index]
                 try:
                     measured[index] = profile(self.factories[index](), image_shape, name)
+                except UserError:
+                    raise  # the model's own one-line reason (options it does not take, weights not here)
                 except Exception as exc:  # noqa: BLE001 - any failure of the model on such images is the user's
                     shape = "x".join(str(s) for s in image_shape)
                     first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
@@ -135,12 +148,13 @@ class GenerationsRunner:
     goes, the unit in progress is saved after every epoch, and units the folder already holds are
     loaded instead of trained again (exact resume). With a ``unit_cache`` (``kdgen sweep``), units
     trained by another run with the same relevant settings are taken from it, and new ones put in.
-    ``stop``, when set, stops training at the next step boundary after saving its state.
+    ``stop``, when set, stops training at the next step boundary after saving its state. ``tracker``
+    (:mod:`kdgen.running.tracking`) hears of every unit this process trains and saves (MLflow).
     """
 
     def __init__(self, cfg: Config, data: DataBundle, models: ChainModels | ModelFactory, *, runtime: Runtime | None = None,
                  folder: RunFolder | None = None, unit_cache: UnitCache | None = None,
-                 stop: StopFlag | None = None) -> None:
+                 stop: StopFlag | None = None, tracker: Tracker | None = None) -> None:
         self.cfg = resolve_k(cfg, data.num_classes)
         self.data = data
         self.models = models if isinstance(models, ChainModels) else ChainModels.from_user(models)
@@ -152,6 +166,8 @@ class GenerationsRunner:
         self.normalize = Normalizer(data.mean, data.std, self.runtime.device)
         self.steps_per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
         self.writer = None
+        # Units are tracked by the process that writes their files (in data mode: rank 0 for all).
+        self.tracker = tracker if tracker is not None and self.runtime.parallel.writes_units else Tracker()
         self.image_shape: list[int] | None = None  # (C, H, W) of evaluation images, for checkpoint metadata
         if cfg.log.tensorboard and folder is not None and self.runtime.parallel.writes_units:
             try:
@@ -240,6 +256,7 @@ class GenerationsRunner:
             return
         if hit is not None:
             self.folder.adopt_unit(unit.name, hit.checkpoint, rows, extras)
+            self.tracker.unit_finished(unit, self.models.name(unit.generation), rows, reused=True)
             return
         assert model is not None
         if self.image_shape is None:
@@ -251,6 +268,7 @@ class GenerationsRunner:
             "num_classes": self.data.num_classes, "in_channels": self.data.channels, "mean": list(self.data.mean),
             "std": list(self.data.std), "class_names": list(self.data.class_names), "image_shape": self.image_shape},
             rows, extras)
+        self.tracker.unit_finished(unit, self.models.name(unit.generation), rows)
         if self.unit_cache is not None:
             self.unit_cache.put(self.cfg, unit.arm, unit.seed, unit.generation, self.folder.checkpoint_path(unit.name),
                                 rows, extras)
@@ -330,7 +348,9 @@ class GenerationsRunner:
                 for name, value in log.losses.items():
                     self.writer.add_scalar(f"{unit.name}/loss_{name}", value, log.epoch)
                 self.writer.add_scalar(f"{unit.name}/lr", log.lr, log.epoch)
+            self.tracker.epoch(unit, log.epoch, log.losses, log.lr)
 
+        self.tracker.unit_started(unit, self.models.name(generation))
         hooks = TrainHooks(where=f"arm {unit.arm}, seed {unit.seed}, generation {generation}",
                            on_step=(lambda: bar.update(1)) if bar is not None else None, on_epoch=on_epoch,
                            on_state=on_state if self.folder is not None else None, stop=self.stop,

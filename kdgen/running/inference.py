@@ -137,7 +137,7 @@ def load(run_dir: str | Path, which: str = "best",
     as the run did (its recorded precision where this CPU runs bf16 natively, else fp32); ``"fp32"`` or
     ``"bf16"`` choose. Mistakes are :class:`~kdgen.errors.UserError`.
     """
-    from kdgen.models import build, names
+    from kdgen.models import build, check_name, names, namespaced
     from kdgen.training.loop import freeze_teacher
 
     run_dir = Path(run_dir)
@@ -155,8 +155,14 @@ def load(run_dir: str | Path, which: str = "best",
         if model_factory is not None:
             factories = list(model_factory) if isinstance(model_factory, Sequence) else [model_factory]
             model = factories[min(generation, len(factories) - 1)]()
-        elif model_name in names():
-            model = build(str(model_name), int(metadata["num_classes"]), int(metadata["in_channels"]))
+        elif model_name in names() or (isinstance(model_name, str) and namespaced(model_name)):
+            # The run's own options (timm's kwargs); never the pretrained weights: the checkpoint has the weights.
+            try:
+                check_name(model_name)  # e.g. a timm/ model where timm cannot be imported
+            except ValueError as exc:
+                raise UserError(f"{path}: {exc}") from None
+            options = cfg.model.kwargs if namespaced(model_name) else None
+            model = build(model_name, int(metadata["num_classes"]), int(metadata["in_channels"]), options=options)
         else:
             raise UserError(f"{path}: model {model_name!r} is not a registered model (a run of the Python API with "
                             "your own model: pass model_factory=)")

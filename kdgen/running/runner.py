@@ -24,6 +24,7 @@ from kdgen.reporting.results import Results
 from kdgen.reporting.tables import console_summary
 from kdgen.running.generations import ChainModels, GenerationsRunner, units
 from kdgen.running.inference import example_shape
+from kdgen.running import tracking
 from kdgen.running.run_folder import (RunFolder, check_new_out_dir, make_out_dir, new_run_dir, nothing_to_resume,
                                       write_architectures, write_config)
 from kdgen.running.unit_cache import UnitCache
@@ -155,6 +156,8 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
                   unit_cache: UnitCache | None, stop: StopFlag | None) -> tuple[Path | None, list[Row]]:
     start = time.perf_counter()
     leader = parallel.is_leader
+    # log.mlflow without the package is a mistake to name now, not after the training.
+    tracker = together(parallel, lambda: tracking.make(cfg.log, parallel.rank, has_folder=out is not None))
 
     def checks() -> tuple[bool, Config, Runtime, list[Profile]]:
         is_resume, saved = open_out(out, resume)
@@ -188,6 +191,7 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
         order = [unit.name for unit in units(cfg)]
         # Every process reads the folder before any writes to it (so all share out the same chains).
         folder = together(parallel, lambda: RunFolder(out, resume=resume, origin=origin, order=order, leader=leader))
+        tracker.start(out, cfg, parallel, resume=resume, data_name=data_name, models=[p.name for p in profiles])
     if echo and leader:
         where = f" -> {out}" if out is not None else ""
         processes = f", {parallel.world_size} processes ({parallel.name})" if parallel.world_size > 1 else ""
@@ -198,8 +202,9 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
     try:
         try:
             rows = GenerationsRunner(cfg, data, models, runtime=runtime, folder=folder, unit_cache=unit_cache,
-                                     stop=stop).run()
+                                     stop=stop, tracker=tracker).run()
         except UserError as exc:
+            tracker.close("FAILED")
             exc.rank = parallel.rank  # type: ignore[attr-defined]  # met by this process alone: it says so
             raise
         # Processes whose chains are done wait for the others (still answering a stop signal).
@@ -207,8 +212,10 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
             raise TrainingInterrupted("stopped while waiting for the other processes")
     except KeyboardInterrupt:
         _keep_partial(folder, leader)
+        tracker.close("KILLED")
         raise
     except RuntimeError as exc:
+        tracker.close("FAILED")
         if not (parallel.world_size > 1 and is_peer_lost(exc)):
             raise
         _keep_partial(folder, leader)
@@ -222,6 +229,8 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
         write_json(folder.timing_path(), {"wall_time_s": wall, "resumed": resume, "processes": parallel.world_size,
                                           "parallel": parallel.name})
         build_report(folder.out_dir, wall_time_s=wall)  # from the results.json just written (rows and extras)
+        if tracker.finish(folder.out_dir, rows):  # MLflow failed on the report itself: the report says so
+            build_report(folder.out_dir, wall_time_s=wall)
     if echo and leader:
         print(console_summary(Results(rows)))
         print(f"\nwall time {wall:.1f} s" + (f"; report: {out / 'report.md'}" if out is not None else ""))

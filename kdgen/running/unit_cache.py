@@ -3,7 +3,8 @@
 A unit (arm, seed, generation) depends on only part of the config:
 
 - every unit: ``data``, ``model`` (with ``generations.models``: the unit's own architecture, and the architecture
-  of every generation its weights depend on when one differs), ``train``, the runtime settings that change the arithmetic
+  of every generation its weights depend on when one differs; with ``model.pretrained``, the name of the patriarch's
+  pretrained weights in the units that descend from it), ``train``, the runtime settings that change the arithmetic
   (device, precision, channels_last; not compile, workers or parallel), and its seed, arm and generation;
 - the K of the secondary-information metrics in its rows (TSD's ``tolerance.k``);
 - what its arm says it depends on (:meth:`kdgen.arms.Arm.unit_settings`): a student (generation
@@ -64,6 +65,12 @@ def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str
         line = [cfg.model_of(j) for j in bound.lineage(generation)]
         if any(name != own for name in line):  # else equal to a run of model.name=own: the same unit
             settings["lineage_models"] = line
+    if settings["model"].pop("pretrained", None):
+        # Which weights the patriarch started from, for the units whose weights descend from it.
+        if 0 in bound.lineage(generation):
+            from kdgen.models import weights_of
+
+            settings["model"]["weights"] = weights_of(cfg.model_of(0))
     settings.update(bound.unit_settings(generation))
     raised = {name: revision for name, revision in code_revisions(cfg, arm, settings).items() if revision != 1}
     if raised:

@@ -15,6 +15,7 @@ generation and is traced again, which inductor's on-disk cache makes quick (~0.3
 from __future__ import annotations
 
 import shutil
+import sys
 
 import torch
 from torch import nn
@@ -39,12 +40,27 @@ def fold_batchnorm(teacher: nn.Module) -> nn.Module:
         return teacher
     try:
         folded = fuse(teacher)
-    except Exception:  # noqa: BLE001 - symbolic tracing fails in many ways; unfolded is always right
+    except Exception as exc:  # noqa: BLE001 - symbolic tracing fails in many ways; unfolded is always right
+        _say_unfolded(teacher, exc)
         return teacher
     folded.eval()
     for parameter in folded.parameters():
         parameter.requires_grad_(False)
     return folded
+
+
+_UNFOLDED: set[str] = set()
+
+
+def _say_unfolded(model: nn.Module, exc: Exception) -> None:
+    """Say once per architecture that a model with BatchNorm runs unfolded: a speed note, not an error."""
+    kind = type(model).__name__
+    if kind in _UNFOLDED or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    _UNFOLDED.add(kind)
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+    print(f"kdgen: note: torch.fx cannot trace {kind} ({reason}); its frozen copy runs with BatchNorm unfolded "
+          "(the same results, a little slower)", file=sys.stderr, flush=True)
 
 
 def _has_forward_hooks(model: nn.Module) -> bool:
