@@ -188,3 +188,13 @@ def test_a_run_near_its_ceiling_says_why_it_cannot_show_much():
     assert note is not None and "ceiling" in note and "99." in note
     far = Results(rows(82.0))
     assert ceiling_note(far, findings(far, "test")) is None
+
+
+def test_data_note_says_which_splits_are_train_val_and_test():
+    from kdgen.config import build_config
+    from kdgen.reporting.page import data_note
+
+    held_out = data_note(build_config({"data": {"name": "fashion-mnist", "val_fraction": 0.1, "train_per_class": 100}}))
+    assert "10% of its training split, held out" in held_out and "100 images per class" in held_out
+    own = data_note(build_config({"data": {"name": "hf", "root": "pets-hf", "val_split": "validation"}}))
+    assert "pets-hf" in own and "own 'validation' split" in own and "test: its test split" in own

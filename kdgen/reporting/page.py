@@ -11,7 +11,7 @@ import base64
 import html
 import re
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from kdgen.checkpoint import write_json
 from kdgen.folders import read_architectures, tracking_note
@@ -191,6 +191,22 @@ def ceiling_note(results: Results, found: list) -> str | None:
             "Fashion-MNIST, docs/findings.md): run `kdgen run --config configs/fashion-mnist-converged.yaml` for that.")
 
 
+def data_note(cfg: Any) -> str | None:
+    """Which of the data's splits are kdgen's train, val and test (every choice is made on val)."""
+    if cfg is None:
+        return None
+    data = cfg.data
+    where = f" ({data.root})" if data.root else ""
+    subset = f"{data.train_per_class} images per class of " if data.train_per_class else ""
+    if getattr(data, "val_split", None):
+        val = f"the data's own '{data.val_split}' split"
+        train = f"{subset}its training split"
+    else:
+        val = f"{data.val_fraction:.0%} of its training split, held out stratified (split seed {data.split_seed})"
+        train = f"{subset}the rest of its training split"
+    return f"Data: {data.name}{where}. Train: {train}; val: {val}; test: its test split, used for no choice."
+
+
 NOTES = ["Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins; confidence is the mean top-1 "
          "probability (a tolerant patriarch's is lower than a strict one's).",
          "Ensembles average the softmax of generations 1..g (students only; baseline: independent models 1..g).",
@@ -274,7 +290,7 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
 
         wall_time_s = read_json(run_dir / "timing.json").get("wall_time_s")
     notes = NOTES + ([f"Wall time: {wall_time_s:.1f} s."] if wall_time_s is not None else [])
-    notes += [note for note in [tracking_note(run_dir)] if note]  # where MLflow has the run, or what it missed
+    notes += [note for note in [data_note(cfg), tracking_note(run_dir)] if note]  # the splits; where MLflow has it
     blocks += [("h2", "How to read this")] + [("p", note) for note in notes]
     (run_dir / "report.md").write_text(to_markdown("kdgen report", blocks), encoding="utf-8")
     write_json(run_dir / "summary.json", {"summary": [c.to_json() for c in cells]})
