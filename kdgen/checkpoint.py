@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno as errnos
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,22 +16,55 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from kdgen.errors import CheckpointError
+from kdgen.errors import CheckpointError, WriteError
+
+
+def write_error(path: Path, exc: BaseException) -> WriteError:
+    """The one conversion of a failed write (an ``OSError``, or safetensors' ``SafetensorError`` wrapping one) into
+    a :class:`WriteError` naming ``path`` and the cause, e.g. "No space left on device"."""
+    code = getattr(exc, "errno", None)
+    if code is None:  # SafetensorError: "Error while serializing: I/O error: No space left on device (os error 28)"
+        found = re.search(r"os error (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    if code is not None:
+        reason = os.strerror(code)
+    else:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+    return WriteError(path, reason, code)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (a :class:`WriteError`) is a full disk or an exhausted quota."""
+    return getattr(exc, "errno", None) in (errnos.ENOSPC, errnos.EDQUOT)
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``: a crash leaves old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``: a crash leaves old or new, never half.
+
+    A failed write (disk full, I/O error) removes the temporary file, keeps ``path``'s previous version and
+    raises a :class:`WriteError` naming ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     tmp = Path(tmp_name)
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:
+        raise write_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically write ``text`` (UTF-8)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -108,11 +143,18 @@ def load_model(model: nn.Module, path: Path) -> dict[str, Any]:
 
 
 def link(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to ``target`` (a copy across file systems), replacing ``target``."""
+    """Hard-link ``source`` to ``target`` (a copy across file systems), replacing ``target``; a failed copy leaves
+    no temporary file and raises a :class:`WriteError`."""
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # per process: sweeps may share a cache
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if not Path(source).is_file():
+            raise  # the source is missing: not a write fault
+        raise write_error(target, exc) from None

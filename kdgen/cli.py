@@ -1,4 +1,5 @@
-"""Command line: ``kdgen run``, ``report``, ``sweep``, ``predict``, ``transfer``, ``arms``, ``models``, ``sources``, ``config``.
+"""Command line: ``kdgen run``, ``report``, ``sweep``, ``predict``, ``transfer``, ``arms``, ``models``, ``sources``, ``config``,
+``cache``.
 
 User mistakes (:class:`~kdgen.errors.UserError`) print one line on stderr and exit 2; anything
 else is an internal failure with a traceback and exit code 1.
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn
 
 from kdgen import __version__
-from kdgen.errors import UserError
+from kdgen.errors import UserError, WriteError
 
 if TYPE_CHECKING:
     from kdgen.training.loop import StopFlag
@@ -138,13 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("names", nargs="*", metavar="NAME",
                         help="only these models (default: all of kdgen's own), e.g. resnet20 timm/resnet18")
     commands.add_parser("sources", help="list the data sources")
+    _add_cache_parser(commands)
     config = commands.add_parser("config", help="print the resolved config (defaults + file + overrides) as YAML")
     config.add_argument("--config", type=Path, metavar="FILE")
     config.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, stop: "StopFlag") -> int:
     from kdgen.config import load_config
     from kdgen.running.runner import run_experiment
     from kdgen.training.parallel import PeerLost
@@ -159,8 +161,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, overrides)
     out = args.out
-    stop, restore_handlers = _stop_on_signals()
     try:
+        if stop.requested:  # stopped while starting up: nothing was written yet
+            raise KeyboardInterrupt
         cache = None
         if args.units is not None:
             from kdgen.running.unit_cache import UnitCache
@@ -170,8 +173,6 @@ def _run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, PeerLost) as exc:
         _say_how_to_resume(exc, "kdgen run --resume" + (f" --out {out}" if out is not None else ""))
         return 1 if isinstance(exc, PeerLost) else 130
-    finally:
-        restore_handlers()
     return 0
 
 
@@ -210,21 +211,110 @@ def _stop_on_signals() -> tuple["StopFlag", Callable[[], None]]:
     return stop, restore
 
 
-def _sweep(args: argparse.Namespace) -> int:
+def _sweep(args: argparse.Namespace, stop: "StopFlag") -> int:
     from kdgen.running.sweep import run_sweep
     from kdgen.sweep_plan import make_plan
     from kdgen.training.parallel import PeerLost
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
     plan = make_plan(args.config, args.grid, overrides, args.select, args.reference)
-    stop, restore_handlers = _stop_on_signals()
     try:
+        if stop.requested:  # stopped while starting up: nothing was written yet
+            raise KeyboardInterrupt
         run_sweep(plan, args.out, resume=args.resume, units=args.units, stop=stop)
     except (KeyboardInterrupt, PeerLost) as exc:
         _say_how_to_resume(exc, "the same command plus --resume")
         return 1 if isinstance(exc, PeerLost) else 130
-    finally:
-        restore_handlers()
+    return 0
+
+
+def _add_cache_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``kdgen cache ls|verify|prune|du DIR``."""
+    cache = commands.add_parser("cache", help="list, verify, measure or prune a unit cache (--units DIR)",
+                                description="Look after a unit cache: the DIR of `kdgen run --units DIR`, or a "
+                                "sweep's DIR/units. See docs/guide/sweeps.md.")
+    actions = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    ls = actions.add_parser("ls", help="one line per unit: name, key, size, age, model, differing settings, users",
+                            description="One line per unit: its name, key, size, age, model, the settings in which it "
+                            "differs from the other units of the same arm, seed and generation, and which of --runs use it.")
+    ls.add_argument("cache_dir", type=Path, metavar="DIR")
+    ls.add_argument("--runs", type=Path, nargs="+", default=[], metavar="RUN",
+                    help="run folders: show which use each unit (by their config's unit keys)")
+    verify = actions.add_parser("verify", help="check every unit's checkpoint against its recorded sha256",
+                                description="Check every unit's record and checkpoint (sha256 and size). Prints the "
+                                "bad units and exits 1 if there is any; units written before checksums are 'unverified'.")
+    verify.add_argument("cache_dir", type=Path, metavar="DIR")
+    prune = actions.add_parser("prune", help="delete old units or units no given run uses",
+                               description="Delete units finished more than DAYS ago (--older-than) or used by none "
+                               "of the run folders given (--unused-by). Shows the list first and asks on a terminal; "
+                               "without one, --yes is needed. Units claimed in the last hour are never deleted.")
+    prune.add_argument("cache_dir", type=Path, metavar="DIR")
+    prune.add_argument("--older-than", type=float, metavar="DAYS", help="units finished more than DAYS days ago")
+    prune.add_argument("--unused-by", type=Path, nargs="+", metavar="RUN", help="units none of these run folders use")
+    prune.add_argument("--yes", action="store_true", help="delete without asking")
+    du = actions.add_parser("du", help="total size and number of units, per arm and per model")
+    du.add_argument("cache_dir", type=Path, metavar="DIR")
+
+
+def _cache(args: argparse.Namespace) -> int:
+    """``kdgen cache``: the data comes from :mod:`kdgen.running.cache_admin`; this only prints it."""
+    import time
+
+    from kdgen.running import cache_admin as admin
+
+    if args.cache_command == "prune":
+        if args.older_than is None and args.unused_by is None:
+            raise UserError("kdgen cache prune: say which units: --older-than DAYS or --unused-by RUN [RUN ...]")
+        if args.older_than is not None and args.older_than < 0:
+            raise UserError(f"--older-than {args.older_than}: give a number of days >= 0")
+    units = admin.scan(args.cache_dir)
+    if args.cache_command == "ls":
+        differ = admin.differing_settings(units)
+        used = admin.users(units, args.runs) if args.runs else {}
+        now = time.time()
+        for unit in units:
+            fields = [unit.name, unit.key, admin.human_size(unit.bytes), admin.human_age(now - unit.mtime),
+                      unit.model if unit.complete else "(incomplete)"]
+            fields += [f"{key}={value}" for key, value in differ.get(unit.folder, {}).items()]
+            if args.runs:
+                fields.append("used by: " + (", ".join(str(run) for run in used[unit.folder]) or "-"))
+            print("  ".join(fields))
+        return 0
+    if args.cache_command == "verify":
+        verdicts = admin.verify(units)
+        counts = {status: sum(v.status == status for v in verdicts) for status in ("ok", "unverified", "bad", "incomplete")}
+        for verdict in verdicts:
+            if verdict.status != "ok":
+                print(f"{verdict.status}: {verdict.unit.folder.name}: {verdict.cause}")
+        print(", ".join(f"{count} {status}" for status, count in counts.items() if count or status == "ok"))
+        return 1 if counts["bad"] else 0
+    if args.cache_command == "du":
+        usage = admin.disk_usage(units)
+        print(f"{admin.human_size(usage.bytes)} in {usage.units} units ({admin.human_size(usage.shared_bytes)} of it "
+              "hard-linked from run folders too)")
+        for title, table in (("arm", usage.per_arm), ("model", usage.per_model)):
+            for name, (count, size) in sorted(table.items()):
+                print(f"  {title} {name}: {count} units, {admin.human_size(size)}")
+        return 0
+    plan = admin.plan_prune(args.cache_dir, units, older_than_days=args.older_than, unused_by=args.unused_by)
+    for unit, why in plan.skipped:
+        print(f"skip {unit.folder.name}: {why}")
+    for unit in plan.units:
+        print(f"delete {unit.folder.name}  {admin.human_size(unit.bytes)}")
+    for claim in plan.claims:
+        print(f"delete {claim.name} (stale claim)")
+    if not plan.units and not plan.claims:
+        print("nothing to delete")
+        return 0
+    summary = f"{len(plan.units)} units, {admin.human_size(plan.bytes)}"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"kdgen cache prune would delete {summary}: add --yes to delete them (no terminal to ask)")
+        if input(f"delete {summary}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 0
+    admin.delete(plan)
+    print(f"deleted {summary}")
     return 0
 
 
@@ -366,13 +456,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in ("run", "config", "sweep", "transfer") or any(item.startswith("-") for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    restore_handlers = None
     try:
-        if args.command == "run":
-            return _run(args)
+        if args.command in ("run", "sweep"):
+            # As early as the command is known: a stop while the config, data and folder are read (a
+            # scheduler's SIGTERM right after a start) is answered like one during training (exit 130).
+            stop, restore_handlers = _stop_on_signals()
+            return _run(args, stop) if args.command == "run" else _sweep(args, stop)
         if args.command == "report":
             return _report(args)
-        if args.command == "sweep":
-            return _sweep(args)
         if args.command == "config":
             return _config(args)
         if args.command == "predict":
@@ -387,18 +479,38 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "models":
             return _models(args)
+        if args.command == "cache":
+            return _cache(args)
         if args.command == "sources":
             from kdgen.data import names as source_names
 
             print("\n".join(source_names()))
             return 0
     except UserError as exc:
+        if isinstance(exc, WriteError) and not exc.hint:
+            exc.hint = _write_hint(exc, args)
         _print_error(exc)
         return 2
     except KeyboardInterrupt:
         print("kdgen: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if restore_handlers is not None:
+            restore_handlers()
     return 1
+
+
+def _write_hint(exc: WriteError, args: argparse.Namespace) -> str:
+    """How to go on after a failed write: free space (or fix the cause), then the command that continues."""
+    from kdgen.checkpoint import is_disk_full
+
+    first = "free space" if is_disk_full(exc) else "fix that"
+    if args.command == "run":
+        return f"{first} and run again with --resume" + (f" --out {args.out}" if args.out is not None else
+                                                          " --out <the run folder>")
+    if args.command == "sweep":
+        return f"{first} and run the same command plus --resume"
+    return f"{first} and run the same command again"
 
 
 if __name__ == "__main__":

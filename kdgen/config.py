@@ -249,6 +249,10 @@ class RuntimeConfig(_Strict):
     # state to the host, fsynced) then costs a bounded share of the time on any device. A SIGKILL loses at most
     # this much training; --resume gives the same results either way.
     save_every_s: float = Field(30.0, ge=0.0)
+    # With a shared unit cache (--units): a process training a unit renews its claim on it every lease_s / 3
+    # seconds; a claim not renewed for lease_s seconds (its process was killed, or its machine lost) is taken over
+    # by a process waiting for the unit (docs/guide/parallel.md, "Sharing a unit cache"). Not part of unit keys.
+    lease_s: float = Field(60.0, gt=0)
 
     @field_validator("parallel")
     @classmethod

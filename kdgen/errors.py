@@ -21,3 +21,15 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A file in a run folder is not what kdgen wrote (corrupt, truncated, or foreign)."""
+
+
+class WriteError(UserError):
+    """A file could not be written (disk full, quota, permissions, an I/O error). Nothing half-written is
+    left under its name: the previous version, if any, is kept. ``hint`` (set by the command) says how to go on."""
+
+    def __init__(self, path: object, reason: str, errno: int | None = None, hint: str = "") -> None:
+        super().__init__(path, reason, errno, hint)
+        self.path, self.reason, self.errno, self.hint = path, reason, errno, hint
+
+    def __str__(self) -> str:
+        return f"could not write {self.path}: {self.reason}" + (f"; {self.hint}" if self.hint else "")

@@ -24,8 +24,11 @@ TINY = ["data.name=synthetic", "data.num_train=640", "data.num_test=24", "data.i
 
 
 def start(out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "kdgen", "run", "--out", str(out), *TINY, *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started = time.time()
+    process = subprocess.Popen([sys.executable, "-m", "kdgen", "run", "--out", str(out), *TINY, *extra],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process.started = started  # after_progress waits for this process's own saves, not an earlier one's
+    return process
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +42,19 @@ def reference(tmp_path_factory):
 def after_progress(out, process, finished_units, rng):
     """Wait until the run in ``out`` has finished ``finished_units`` units and saved an epoch of the next,
     then a random fraction of a second more (so a kill lands anywhere in an epoch, whatever the machine's
-    load). False if the process ended first."""
+    load). The saved epoch must be ``process``'s own (a state file written since it started), not one an
+    earlier, stopped process left: a signal then reaches a process that is training, with its handlers in
+    place. False if the process ended first."""
+    def own_state(path):
+        try:
+            return path.stat().st_mtime >= process.started
+        except FileNotFoundError:  # replaced or removed between the listing and the stat
+            return False
+
     def progressed():
         done = len(list((out / "checkpoints").glob("*.safetensors"))) if (out / "checkpoints").is_dir() else 0
-        return done >= finished_units and (out / "state").is_dir() and any((out / "state").glob("*.safetensors"))
+        return done >= finished_units and (out / "state").is_dir() and any(
+            own_state(path) for path in (out / "state").glob("*.safetensors"))
 
     while not progressed():
         if process.poll() is not None:

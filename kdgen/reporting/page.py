@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Union
 
-from kdgen.checkpoint import write_json
+from kdgen.checkpoint import write_json, write_text
 from kdgen.folders import read_architectures, tracking_note
 from kdgen.reporting.formatting import markdown_table
 from kdgen.reporting.results import Results, format_cell
@@ -94,7 +94,7 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
     blocks: list[Block] = [("p", line) for line in intro]
     blocks += [("table", name, header, body) for name, header, body in tables]
     blocks += [("img", plot) for plot in plots]
-    path.write_text(to_html(title, blocks), encoding="utf-8")
+    write_text(path, to_html(title, blocks))
 
 
 def chain_models(architectures: list[dict] | None) -> list[str] | None:
@@ -292,9 +292,9 @@ def build_report(run_dir: Path, results: Results | None = None, wall_time_s: flo
     notes = NOTES + ([f"Wall time: {wall_time_s:.1f} s."] if wall_time_s is not None else [])
     notes += [note for note in [data_note(cfg), tracking_note(run_dir)] if note]  # the splits; where MLflow has it
     blocks += [("h2", "How to read this")] + [("p", note) for note in notes]
-    (run_dir / "report.md").write_text(to_markdown("kdgen report", blocks), encoding="utf-8")
+    write_text(run_dir / "report.md", to_markdown("kdgen report", blocks))
     write_json(run_dir / "summary.json", {"summary": [c.to_json() for c in cells]})
-    (run_dir / "report.html").write_text(to_html("kdgen report", blocks, verdict_blocks=lead), encoding="utf-8")
+    write_text(run_dir / "report.html", to_html("kdgen report", blocks, verdict_blocks=lead))
     return run_dir / "report.md"
 
 
@@ -338,6 +338,6 @@ def build_comparison(run_dirs: list[Path], out: Path) -> Path:
     blocks.append(("img", runs_plot([(name, results.cells) for name, results in zip(names, runs)], "test",
                                     out / "plots" / "top1_test_runs.png")))
     title = f"kdgen comparison of {len(run_dirs)} runs"
-    (out / "report.md").write_text(to_markdown(title, blocks), encoding="utf-8")
-    (out / "report.html").write_text(to_html(title, blocks, verdict_blocks=lead), encoding="utf-8")
+    write_text(out / "report.md", to_markdown(title, blocks))
+    write_text(out / "report.html", to_html(title, blocks, verdict_blocks=lead))
     return out / "report.md"

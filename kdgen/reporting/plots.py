@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from kdgen.arms import color as arm_color
 from kdgen.arms import sort_key as arm_sort_key
+from kdgen.checkpoint import atomic_write
 
 if TYPE_CHECKING:
     from kdgen.reporting.equal_cost import CostPoint
@@ -29,9 +30,10 @@ def _series(cells: "list[Cell]", split: str, kind: str, arm: str, metric: str) -
 def _save(fig: "plt.Figure", path: Path) -> Path:
     """Lay out, write ``path`` (making its folder) and free the figure."""
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -279,9 +281,10 @@ def patriarch_heatmaps(extras: dict, split: str, path: Path, max_classes: int = 
     axes[0][0].set_ylabel("true class i", fontsize=8)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean probability on j (diagonal hidden)")
     fig.suptitle(f"Where each patriarch puts its secondary confidence ({split} split, mean over seeds)", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 

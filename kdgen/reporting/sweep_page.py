@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdgen import arms as arm_registry
-from kdgen.checkpoint import read_json, write_json
+from kdgen.checkpoint import read_json, write_json, write_text
 from kdgen.errors import CheckpointError
 from kdgen.reporting.formatting import difference, markdown_table, p_value
 from kdgen.reporting.page import write_html
@@ -145,7 +145,7 @@ def build_sweep_report(out: Path) -> Path:
     for title, h, b in tables:
         md += [f"## {title}", "", markdown_table(h, b), ""]
     md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
-    (out / "sweep.md").write_text("\n".join(md), encoding="utf-8")
+    write_text(out / "sweep.md", "\n".join(md))
     write_json(out / "sweep_summary.json", summary.to_json())
     write_html(out / "sweep.html", "kdgen sweep", intro, tables, plots)
     return out / "sweep.md"

@@ -30,6 +30,7 @@ from kdgen.running.inference import example_shape
 from kdgen.running.run_folder import RunFolder
 from kdgen.running.tracking import Tracker
 from kdgen.running.unit_cache import CachedUnit, UnitCache
+from kdgen.running.unit_claims import Claims
 from kdgen.training.augment import Normalizer
 from kdgen.training.batches import steps_per_epoch
 from kdgen.training.loop import EpochLog, StopFlag, TrainHooks, freeze_teacher, train_generation
@@ -169,6 +170,11 @@ class GenerationsRunner:
         # Units are tracked by the process that writes their files (in data mode: rank 0 for all).
         self.tracker = tracker if tracker is not None and self.runtime.parallel.writes_units else Tracker()
         self.image_shape: list[int] | None = None  # (C, H, W) of evaluation images, for checkpoint metadata
+        # A unit that will go to the cache is claimed before it trains (kdgen.running.unit_claims); in data mode the
+        # leader, which writes the units, claims for all processes.
+        self.claims = Claims(unit_cache, self.cfg, lease_s=cfg.runtime.lease_s, stop=stop) \
+            if unit_cache is not None and folder is not None and self.runtime.parallel.writes_units else None
+        self.units_trained = self.units_reused = 0  # by this process, this time (timing.json sums the processes')
         if cfg.log.tensorboard and folder is not None and self.runtime.parallel.writes_units:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -196,8 +202,12 @@ class GenerationsRunner:
         show = self.cfg.log.progress and self.runtime.parallel.is_leader
         with tqdm(total=sum(self.unit_steps(u) for seed, arm in mine for u in self.chain(seed, arm)), unit="step",
                   disable=not show, initial=done, dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
-            for seed, arm in mine:
-                rows.extend(self.run_arm(arm, seed, bar))
+            try:
+                for seed, arm in mine:
+                    rows.extend(self.run_arm(arm, seed, bar))
+            finally:
+                if self.claims is not None:  # a stop or an error: the claims go (the shared states stay)
+                    self.claims.release_all()
         if self.writer is not None:
             self.writer.close()
         return self.folder.rows if self.folder is not None else rows
@@ -227,6 +237,12 @@ class GenerationsRunner:
         models: dict[int, nn.Module] = {}  # frozen generations a later one starts from or learns from
         member_probs: dict[int, dict[str, torch.Tensor]] = {}
         for generation, unit in enumerate(chain):
+            if to_train[generation] and self.unit_cache is not None and self.folder is not None:
+                hit = self.claims.acquire(unit, bar) if self.claims is not None else None
+                if self.runtime.parallel.splits_batches and self.runtime.parallel.leader_value(hit is not None):
+                    hit = hit or self.unit_cache.get(self.cfg, unit.arm, unit.seed, unit.generation)
+                if hit is not None:  # another process trained it meanwhile
+                    to_train[generation], cached[generation] = False, hit
             hit = cached[generation]
             if hit is not None and bar is not None:
                 bar.update(self.unit_steps(unit))
@@ -256,6 +272,7 @@ class GenerationsRunner:
             return
         if hit is not None:
             self.folder.adopt_unit(unit.name, hit.checkpoint, rows, extras)
+            self.units_reused += 1
             self.tracker.unit_finished(unit, self.models.name(unit.generation), rows, reused=True)
             return
         assert model is not None
@@ -269,9 +286,12 @@ class GenerationsRunner:
             "std": list(self.data.std), "class_names": list(self.data.class_names), "image_shape": self.image_shape},
             rows, extras)
         self.tracker.unit_finished(unit, self.models.name(unit.generation), rows)
+        self.units_trained += 1
         if self.unit_cache is not None:
             self.unit_cache.put(self.cfg, unit.arm, unit.seed, unit.generation, self.folder.checkpoint_path(unit.name),
                                 rows, extras)
+            if self.claims is not None:
+                self.claims.release(unit, finished=True)
 
     def evaluate(self, unit: Unit, arm: Arm, model: nn.Module,
                  member_probs: dict[int, dict[str, torch.Tensor]]) -> tuple[list[Row], dict[str, object]]:
@@ -331,6 +351,8 @@ class GenerationsRunner:
         if start is not None:
             student.load_state_dict(models[start].state_dict())  # a copy: the start model stays as it was
         resume_from = self.folder.pending_state(unit.name) if self.folder is not None else None
+        if resume_from is None and self.claims is not None and not self.runtime.parallel.splits_batches:
+            resume_from = self.claims.shared_state(unit)  # a claimer that died left it next to its claim
         if bar is not None:
             if resume_from is not None:
                 bar.update(resume_from.epoch * self.steps_per_epoch + resume_from.step)
@@ -340,6 +362,8 @@ class GenerationsRunner:
             state.unit = unit.name
             if self.runtime.parallel.writes_units:  # data mode: rank 0 saves the state all ranks share
                 self.folder.save_epoch(state)  # type: ignore[union-attr]
+                if self.claims is not None:
+                    self.claims.share_state(unit, self.folder.state_path(unit.name))  # type: ignore[union-attr]
 
         def on_epoch(log: EpochLog) -> None:
             if bar is not None:

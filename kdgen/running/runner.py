@@ -128,6 +128,18 @@ def _keep_partial(folder: RunFolder | None, leader: bool) -> None:
         folder.write_results(complete=False)
 
 
+def _unit_counts(parallel: ParallelMode, trained: int, reused: int) -> dict[str, int]:
+    """Units trained and units taken from the unit cache in this invocation, summed over the processes (in data
+    mode only the leader, which writes the units, counts them)."""
+    if parallel.world_size > 1 and parallel.control is not None:
+        import torch.distributed as dist
+
+        every: list[object] = [None] * parallel.world_size
+        dist.all_gather_object(every, (trained, reused), group=parallel.control)
+        trained, reused = sum(t for t, _ in every), sum(r for _, r in every)  # type: ignore[misc]
+    return {"units_trained": trained, "units_reused": reused}
+
+
 def run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path | None, *,
                  data_name: str, origin: str, resume: bool = False, echo: bool = True,
                  unit_cache: UnitCache | None = None, stop: StopFlag | None = None,
@@ -201,8 +213,9 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
               + (f" (resuming: {len(folder.done)} models done)" if resume and folder is not None else ""), flush=True)
     try:
         try:
-            rows = GenerationsRunner(cfg, data, models, runtime=runtime, folder=folder, unit_cache=unit_cache,
-                                     stop=stop, tracker=tracker).run()
+            generations = GenerationsRunner(cfg, data, models, runtime=runtime, folder=folder, unit_cache=unit_cache,
+                                            stop=stop, tracker=tracker)
+            rows = generations.run()
         except UserError as exc:
             tracker.close("FAILED")
             exc.rank = parallel.rank  # type: ignore[attr-defined]  # met by this process alone: it says so
@@ -210,6 +223,7 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
         # Processes whose chains are done wait for the others (still answering a stop signal).
         if not parallel.wait_for_all(lambda: stop is not None and stop.requested):
             raise TrainingInterrupted("stopped while waiting for the other processes")
+        counts = _unit_counts(parallel, generations.units_trained, generations.units_reused)
     except KeyboardInterrupt:
         _keep_partial(folder, leader)
         tracker.close("KILLED")
@@ -227,7 +241,7 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
         rows = folder.rows
         folder.write_results(complete=True)
         write_json(folder.timing_path(), {"wall_time_s": wall, "resumed": resume, "processes": parallel.world_size,
-                                          "parallel": parallel.name})
+                                          "parallel": parallel.name, **counts})
         build_report(folder.out_dir, wall_time_s=wall)  # from the results.json just written (rows and extras)
         if tracker.finish(folder.out_dir, rows):  # MLflow failed on the report itself: the report says so
             build_report(folder.out_dir, wall_time_s=wall)

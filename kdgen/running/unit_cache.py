@@ -25,13 +25,20 @@ depends only on (seed, arm, generation), so equal keys mean equal weights and eq
 ``kdgen sweep`` keeps one cache for all of its grid points: a sweep over ``tolerance.eta`` trains the
 baseline and strict arms once, and only the tolerant arm per point.
 
-Layout: ``DIR/<unit name>-<key>/model.safetensors`` and ``record.json`` (rows and extras).
+Layout: ``DIR/<unit name>-<key>/model.safetensors`` and ``record.json`` (rows and extras, and the checkpoint's
+``sha256`` and ``bytes``). :meth:`UnitCache.get` checks the checksum before reusing a unit: a unit whose checkpoint or
+record does not match is not reused but named in one warning line on stderr and trained again (with
+``KDGEN_STRICT_CACHE=1``: a one-line error instead). Records written before checksums existed are reused unchecked
+(``kdgen cache verify`` calls them unverified). ``kdgen cache`` (:mod:`kdgen.running.cache_admin`) lists, verifies,
+measures and prunes a cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -40,12 +47,14 @@ from typing import Any
 from kdgen import arms
 from kdgen.checkpoint import link, read_json, write_json
 from kdgen.config import Config
+from kdgen.errors import CheckpointError
 from kdgen.folders import Row
 from kdgen.training.loop import REVISION as train_revision
 
 # Runtime settings that never change a unit's result beyond float rounding (compile and deterministic pick other
 # kernels for the same maths), or that only say how often it is saved.
-COSMETIC_RUNTIME = {"compile", "workers", "parallel", "sync_batchnorm", "deterministic", "save_every_s"}
+# lease_s: how long a claim on a unit lasts (kdgen.running.unit_claims), not what the unit computes.
+COSMETIC_RUNTIME = {"compile", "workers", "parallel", "sync_batchnorm", "deterministic", "save_every_s", "lease_s"}
 
 
 def unit_settings(cfg: Config, arm: str, seed: int, generation: int) -> dict[str, Any]:
@@ -98,6 +107,61 @@ def _key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+CHECKPOINT_FILE, RECORD_FILE = "model.safetensors", "record.json"  # inside a unit's folder
+STRICT_ENV = "KDGEN_STRICT_CACHE"  # set (to anything but "" or "0"): a unit that fails its check is an error
+_warned: set[str] = set()  # unit folders this process has warned about (one line each)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """The sha256 (hex) and the size in bytes of a file, read in 1 MiB pieces."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def check_unit(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """Read and check the unit in ``folder``: ``(record, None)`` if it can be reused, else ``(record or None, cause)``.
+
+    The cause is a short phrase: an unreadable record, a missing checkpoint, or one whose size or sha256 differs from
+    the record's. A record without ``sha256`` (written before checksums existed) passes unchecked.
+    """
+    folder = Path(folder)
+    try:
+        record = read_json(folder / RECORD_FILE)
+    except CheckpointError:
+        return None, f"{RECORD_FILE} is missing or not valid JSON"
+    if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+        return None, f"{RECORD_FILE} is not a unit record (no rows)"
+    checkpoint = folder / CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        return record, f"{CHECKPOINT_FILE} is missing"
+    if record.get("sha256") is None:
+        return record, None
+    try:
+        digest, size = file_sha256(checkpoint)
+    except OSError as exc:
+        return record, f"{CHECKPOINT_FILE} is unreadable ({exc.strerror or type(exc).__name__})"
+    if record.get("bytes") is not None and size != record["bytes"]:
+        return record, f"{CHECKPOINT_FILE} has {size} bytes, its record says {record['bytes']} (truncated or replaced)"
+    if digest != record["sha256"]:
+        return record, f"{CHECKPOINT_FILE} does not match its recorded sha256 (corrupted or replaced)"
+    return record, None
+
+
+def _distrust(folder: Path, cause: str) -> None:
+    """A cached unit failed its check: an error under :data:`STRICT_ENV`, else one warning line (once per process)."""
+    if os.environ.get(STRICT_ENV, "") not in ("", "0"):
+        raise CheckpointError(f"unit cache: {folder}: {cause} ({STRICT_ENV} is set; remove the unit folder to "
+                              "train it again, or see kdgen cache verify)")
+    if str(folder) not in _warned:
+        _warned.add(str(folder))
+        print(f"kdgen: warning: unit cache: {folder}: {cause}; not reused, training it again", file=sys.stderr,
+              flush=True)
+
+
 @dataclass
 class CachedUnit:
     checkpoint: Path
@@ -115,27 +179,43 @@ class UnitCache:
         """The unit's folder, from its :func:`unit_settings`."""
         return self.root / f"{settings['arm']}-seed{settings['seed']}-gen{settings['generation']}-{_key(settings)}"
 
-    def get(self, cfg: Config, arm: str, seed: int, generation: int) -> CachedUnit | None:
-        """The unit if an earlier run trained it with the same settings, else None."""
+    def claim_path(self, cfg: Config, arm: str, seed: int, generation: int) -> Path:
+        """``DIR/<unit folder>.claim``: held by the process training the unit (:mod:`kdgen.running.unit_claims`)."""
         folder = self._folder(unit_settings(cfg, arm, seed, generation))
-        record_path, checkpoint = folder / "record.json", folder / "model.safetensors"
+        return folder.with_name(f"{folder.name}.claim")
+
+    def get(self, cfg: Config, arm: str, seed: int, generation: int) -> CachedUnit | None:
+        """The unit if an earlier run trained it with the same settings, else None.
+
+        A unit whose checkpoint does not match its recorded checksum (or whose record is unreadable) counts as
+        missing, with one warning line on stderr (see :func:`check_unit` and :data:`STRICT_ENV`).
+        """
+        folder = self._folder(unit_settings(cfg, arm, seed, generation))
+        record_path, checkpoint = folder / RECORD_FILE, folder / CHECKPOINT_FILE
         if not (record_path.is_file() and checkpoint.is_file()):
             return None
-        record = read_json(record_path)
+        record, problem = check_unit(folder)
+        if problem is not None or record is None:
+            _distrust(folder, problem or "unreadable")
+            return None
         return CachedUnit(checkpoint, record["rows"], record.get("extras") or {})
 
     def put(self, cfg: Config, arm: str, seed: int, generation: int, checkpoint: Path, rows: list[Row],
             extras: dict[str, Any]) -> None:
         """Keep a finished unit: its checkpoint (hard-linked where possible) and its rows.
 
-        The record is written last, so a unit interrupted half-way in is simply not in the cache.
+        The record is written last, so a unit interrupted half-way in is simply not in the cache. It carries the
+        checkpoint's sha256 and size. Both files are replaced by rename (a bad entry too), never written into: the
+        cache's checkpoint may be a hard link to a run folder's.
         """
         settings = unit_settings(cfg, arm, seed, generation)
         folder = self._folder(settings)
         folder.mkdir(parents=True, exist_ok=True)
-        link(checkpoint, folder / "model.safetensors")
+        sha256, size = file_sha256(checkpoint)  # the bytes this run wrote, before they are shared
+        link(checkpoint, folder / CHECKPOINT_FILE)
         code = {"kdgen": _package_version(), **code_revisions(cfg, arm, settings)}  # provenance, not in the key
-        write_json(folder / "record.json", {"settings": settings, "code": code, "rows": rows, "extras": extras})
+        write_json(folder / RECORD_FILE, {"settings": settings, "code": code, "sha256": sha256, "bytes": size,
+                                          "rows": rows, "extras": extras})
 
 
 def _package_version() -> str:

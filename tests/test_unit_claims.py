@@ -1,0 +1,120 @@
+"""Units claimed, not raced: processes sharing one unit cache train every unit once (kdgen.running.unit_claims)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from conftest import tiny_config
+
+from kdgen.checkpoint import read_json
+from kdgen.running.unit_cache import unit_key
+
+TINY = ["data.name=synthetic", "data.num_train=320", "data.num_test=24", "data.image_size=8", "data.channels=1",
+        "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=2", "train.batch_size=16", "seeds=[0]",
+        "generations.count=1", "generations.arms=[baseline,tolerant]", "tolerance.k=3", "--no-progress",
+        "runtime.save_every_s=0"]
+UNITS = 4  # 2 arms x (patriarch + 1 generation)
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def start(out, units, *extra):
+    return subprocess.Popen([sys.executable, "-m", "kdgen", "run", "--out", str(out), "--units", str(units), *TINY,
+                             *extra], env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def rows(out):
+    return read_json(out / "results.json")["rows"]
+
+
+def unit_folders(units):
+    return sorted(p.name for p in units.iterdir() if p.is_dir())
+
+
+def test_two_processes_sharing_a_cache_train_each_unit_once(tmp_path):
+    alone = start(tmp_path / "alone", tmp_path / "alone-units")
+    assert alone.wait(timeout=300) == 0, alone.stderr.read()
+    units = tmp_path / "units"
+    a, b = start(tmp_path / "a", units), start(tmp_path / "b", units)
+    assert a.wait(timeout=300) == 0, a.stderr.read()
+    assert b.wait(timeout=300) == 0, b.stderr.read()
+    timings = [read_json(tmp_path / name / "timing.json") for name in ("a", "b")]
+    assert sum(t["units_trained"] for t in timings) == UNITS, timings
+    assert all(t["units_trained"] + t["units_reused"] == UNITS for t in timings), timings
+    assert read_json(tmp_path / "alone" / "timing.json")["units_trained"] == UNITS
+    assert len(unit_folders(units)) == UNITS
+    assert not list(units.glob("*.claim*")) and not list(units.glob("*.state.safetensors"))
+    assert rows(tmp_path / "a") == rows(tmp_path / "alone") == rows(tmp_path / "b")
+
+
+def test_a_stale_claim_is_taken_over_after_the_lease(tmp_path):
+    """A claim left by a process on another machine, not renewed: taken over after runtime.lease_s."""
+    alone = start(tmp_path / "alone", tmp_path / "alone-units")  # a run's own unit folder names (keys)
+    assert alone.wait(timeout=300) == 0, alone.stderr.read()
+    name = next(n for n in unit_folders(tmp_path / "alone-units") if n.startswith("baseline-seed0-gen0-"))
+    units = tmp_path / "units"
+    units.mkdir()
+    claim = units / f"{name}.claim"
+    claim.write_text(json.dumps({"host": "gone.example", "pid": 4242, "started": time.time() - 3600,
+                                 "renewed": time.time() - 3600, "token": "x", "boot": "y"}))
+    began = time.perf_counter()
+    run = start(tmp_path / "run", units, "runtime.lease_s=2")
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    assert "waiting for baseline-seed0-gen0: claimed by gone.example:4242" in stderr
+    assert "taking over baseline-seed0-gen0" in stderr
+    assert time.perf_counter() - began > 2
+    assert read_json(tmp_path / "run" / "timing.json")["units_trained"] == UNITS
+    assert rows(tmp_path / "run") == rows(tmp_path / "alone")
+    assert claim.parent.joinpath(claim.name[:-len(".claim")], "record.json").is_file()
+    assert not list(units.glob("*.claim*"))
+
+
+def test_a_killed_claimer_is_taken_over_and_its_state_resumed(tmp_path):
+    """SIGKILL the process training a unit: a waiting process takes its claim over, continues from the state it
+    shared next to the claim, and ends with a one-process run's rows."""
+    alone = start(tmp_path / "alone", tmp_path / "alone-units", "train.epochs=4")
+    assert alone.wait(timeout=300) == 0, alone.stderr.read()
+    units = tmp_path / "units"
+    first = start(tmp_path / "first", units, "train.epochs=4", "runtime.lease_s=2")
+
+    def mid_unit():  # a state shared next to the claim of a unit not yet in the cache
+        return units.is_dir() and any(not (units / s.name[:-len(".state.safetensors")] / "record.json").exists()
+                                      for s in units.glob("*.state.safetensors"))
+
+    deadline = time.time() + 120
+    while not mid_unit() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = start(tmp_path / "second", units, "train.epochs=4", "runtime.lease_s=2")
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    assert "taking over" in stderr and f"from {socket.gethostname()}:{first.pid}" in stderr, stderr
+    assert "from the state its last claimer left" in stderr, stderr
+    assert rows(tmp_path / "second") == rows(tmp_path / "alone")
+    assert len(unit_folders(units)) == UNITS
+    assert not list(units.glob("*.claim*")) and not list(units.glob("*.state.safetensors"))
+
+
+def test_lease_does_not_change_unit_keys():
+    base, other = tiny_config(), tiny_config(runtime={"lease_s": 2.0})
+    assert base.runtime.lease_s == 60.0 and other.runtime.lease_s == 2.0
+    for arm in ("baseline", "strict", "tolerant"):
+        for generation in (0, 1, 2):
+            assert unit_key(base, arm, 0, generation) == unit_key(other, arm, 0, generation)
+
+
+def test_a_config_without_lease_loads(tmp_path):
+    from kdgen.config import load_config
+
+    path = tmp_path / "config.yaml"
+    raw = tiny_config().to_dict()
+    raw["runtime"].pop("lease_s")
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path, []).runtime.lease_s == 60.0
