@@ -59,7 +59,7 @@ def test_run_on_two_nodes_gives_one_process_rows(tmp_path):
 
 
 def test_sweep_on_two_nodes_gives_one_process_rows(tmp_path):
-    sweep = ["sweep", *TINY, "--grid", "tolerance.eta=0.3,0.6"]
+    sweep = ["sweep", *TINY, "seeds=[0]", "--grid", "tolerance.eta=0.3,0.6"]
     one_process(*sweep, "--out", str(tmp_path / "one"))
     two_nodes(*sweep, "--out", str(tmp_path / "two"))
     points = sorted(p.name for p in (tmp_path / "one" / "runs").iterdir())

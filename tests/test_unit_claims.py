@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import tiny_config
 
 from kdgen.checkpoint import read_json
 from kdgen.running.unit_cache import unit_key
 
 TINY = ["data.name=synthetic", "data.num_train=320", "data.num_test=24", "data.image_size=8", "data.channels=1",
-        "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=2", "train.batch_size=16", "seeds=[0]",
+        "data.num_classes=4", "model.name=cnn-tiny", "train.epochs=3", "train.batch_size=16", "seeds=[0]",
         "generations.count=1", "generations.arms=[baseline,tolerant]", "tolerance.k=3", "--no-progress",
         "runtime.save_every_s=0"]
 UNITS = 4  # 2 arms x (patriarch + 1 generation)
@@ -34,9 +35,16 @@ def unit_folders(units):
     return sorted(p.name for p in units.iterdir() if p.is_dir())
 
 
-def test_two_processes_sharing_a_cache_train_each_unit_once(tmp_path):
-    alone = start(tmp_path / "alone", tmp_path / "alone-units")
-    assert alone.wait(timeout=300) == 0, alone.stderr.read()
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory):
+    """One process with a cache of its own: the rows every sharing run must give, and the units' folder names."""
+    folder = tmp_path_factory.mktemp("claims")
+    process = start(folder / "alone", folder / "alone-units")
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    return folder
+
+
+def test_two_processes_sharing_a_cache_train_each_unit_once(tmp_path, alone):
     units = tmp_path / "units"
     a, b = start(tmp_path / "a", units), start(tmp_path / "b", units)
     assert a.wait(timeout=300) == 0, a.stderr.read()
@@ -44,17 +52,15 @@ def test_two_processes_sharing_a_cache_train_each_unit_once(tmp_path):
     timings = [read_json(tmp_path / name / "timing.json") for name in ("a", "b")]
     assert sum(t["units_trained"] for t in timings) == UNITS, timings
     assert all(t["units_trained"] + t["units_reused"] == UNITS for t in timings), timings
-    assert read_json(tmp_path / "alone" / "timing.json")["units_trained"] == UNITS
+    assert read_json(alone / "alone" / "timing.json")["units_trained"] == UNITS
     assert len(unit_folders(units)) == UNITS
     assert not list(units.glob("*.claim*")) and not list(units.glob("*.state.safetensors"))
-    assert rows(tmp_path / "a") == rows(tmp_path / "alone") == rows(tmp_path / "b")
+    assert rows(tmp_path / "a") == rows(alone / "alone") == rows(tmp_path / "b")
 
 
-def test_a_stale_claim_is_taken_over_after_the_lease(tmp_path):
+def test_a_stale_claim_is_taken_over_after_the_lease(tmp_path, alone):
     """A claim left by a process on another machine, not renewed: taken over after runtime.lease_s."""
-    alone = start(tmp_path / "alone", tmp_path / "alone-units")  # a run's own unit folder names (keys)
-    assert alone.wait(timeout=300) == 0, alone.stderr.read()
-    name = next(n for n in unit_folders(tmp_path / "alone-units") if n.startswith("baseline-seed0-gen0-"))
+    name = next(n for n in unit_folders(alone / "alone-units") if n.startswith("baseline-seed0-gen0-"))
     units = tmp_path / "units"
     units.mkdir()
     claim = units / f"{name}.claim"
@@ -68,18 +74,16 @@ def test_a_stale_claim_is_taken_over_after_the_lease(tmp_path):
     assert "taking over baseline-seed0-gen0" in stderr
     assert time.perf_counter() - began > 2
     assert read_json(tmp_path / "run" / "timing.json")["units_trained"] == UNITS
-    assert rows(tmp_path / "run") == rows(tmp_path / "alone")
+    assert rows(tmp_path / "run") == rows(alone / "alone")
     assert claim.parent.joinpath(claim.name[:-len(".claim")], "record.json").is_file()
     assert not list(units.glob("*.claim*"))
 
 
-def test_a_killed_claimer_is_taken_over_and_its_state_resumed(tmp_path):
+def test_a_killed_claimer_is_taken_over_and_its_state_resumed(tmp_path, alone):
     """SIGKILL the process training a unit: a waiting process takes its claim over, continues from the state it
     shared next to the claim, and ends with a one-process run's rows."""
-    alone = start(tmp_path / "alone", tmp_path / "alone-units", "train.epochs=4")
-    assert alone.wait(timeout=300) == 0, alone.stderr.read()
     units = tmp_path / "units"
-    first = start(tmp_path / "first", units, "train.epochs=4", "runtime.lease_s=2")
+    first = start(tmp_path / "first", units, "runtime.lease_s=2")
 
     def mid_unit():  # a state shared next to the claim of a unit not yet in the cache
         return units.is_dir() and any(not (units / s.name[:-len(".state.safetensors")] / "record.json").exists()
@@ -90,12 +94,12 @@ def test_a_killed_claimer_is_taken_over_and_its_state_resumed(tmp_path):
         time.sleep(0.01)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    second = start(tmp_path / "second", units, "train.epochs=4", "runtime.lease_s=2")
+    second = start(tmp_path / "second", units, "runtime.lease_s=2")
     _, stderr = second.communicate(timeout=300)
     assert second.returncode == 0, stderr
     assert "taking over" in stderr and f"from {socket.gethostname()}:{first.pid}" in stderr, stderr
     assert "from the state its last claimer left" in stderr, stderr
-    assert rows(tmp_path / "second") == rows(tmp_path / "alone")
+    assert rows(tmp_path / "second") == rows(alone / "alone")
     assert len(unit_folders(units)) == UNITS
     assert not list(units.glob("*.claim*")) and not list(units.glob("*.state.safetensors"))
 
