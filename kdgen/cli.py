@@ -401,9 +401,9 @@ def _print_error(exc: UserError) -> None:
 
 def _timm_models(pattern: str) -> int:
     """``kdgen models --timm PATTERN``: timm's architecture names, one a line, as kdgen names them."""
-    from kdgen.models import split_name
+    from kdgen.models import namespace as model_namespace
 
-    namespace, _ = split_name("timm/_")  # type: ignore[misc] - the timm namespace is always registered
+    namespace = model_namespace("timm")
     reason = namespace.missing()
     if reason is not None:
         raise UserError(f"--timm: {reason}")

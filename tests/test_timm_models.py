@@ -12,10 +12,9 @@ import sys
 import pytest
 import torch
 
-from kdgen.models import check_name, split_name
+from kdgen.models import check_name, namespace
 
-_namespace, _ = split_name("timm/_")
-_reason = _namespace.missing()
+_reason = namespace("timm").missing()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"the [timm] extra is not usable here: {_reason}")
 
 from conftest import tiny_config  # noqa: E402

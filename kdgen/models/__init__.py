@@ -54,6 +54,12 @@ def register_namespace(prefix: str, namespace: Namespace) -> None:
     _NAMESPACES[prefix] = namespace
 
 
+def namespace(prefix: str) -> Namespace:
+    """The namespace registered as ``prefix`` (e.g. ``"timm"``); ``KeyError`` if none is."""
+    _import_models()
+    return _NAMESPACES[prefix]
+
+
 def split_name(name: str) -> tuple[Namespace, str] | None:
     """(namespace, architecture) of a namespaced name like ``timm/resnet18``; None for a registry name."""
     prefix, slash, architecture = name.partition("/")
@@ -199,5 +205,6 @@ def profile(model: nn.Module, image_shape: Sequence[int], name: str = "") -> Pro
     return Profile(name, count_parameters(model), counter.get_total_flops() // 2, tuple(int(s) for s in image_shape))
 
 
-__all__ = ["Namespace", "Profile", "build", "check_name", "count_parameters", "he_init", "names", "namespaced", "profile",
+__all__ = ["Namespace", "Profile", "build", "check_name", "count_parameters", "he_init", "names", "namespace",
+           "namespaced", "profile",
            "register", "register_namespace", "split_name", "weights_of"]

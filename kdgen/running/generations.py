@@ -68,9 +68,7 @@ class ChainModels:
         (``timm/...``), and ``model.pretrained`` starts the patriarch alone from its library's weights."""
         from kdgen.models import build, namespaced
 
-        names = tuple(cfg.chain_models)
-        if cfg.model.pretrained and len(names) == 1:
-            names = (names[0], names[0])  # a pretrained patriarch and fresh students: two factories, one name
+        names = tuple(cfg.chain_models)  # one per generation: the patriarch's factory alone is pretrained
 
         def factory(g: int, name: str) -> ModelFactory:
             options = cfg.model.kwargs if namespaced(name) else None
