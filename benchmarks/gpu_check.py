@@ -118,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
     parser.add_argument("--steps", type=int, default=100, help="timed steps of the step-rate figures")
+    parser.add_argument("--only", choices=["all", "chains"], default="all",
+                        help="chains: only the checks and figures of several processes sharing the GPU (a rerun)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False): nothing to check")
         return 0
     report = Report()
-    device = torch.device("cuda")
     name = torch.cuda.get_device_name()
     report.say(f"# kdgen gpu_check: {name}, {torch.cuda.device_count()} GPU(s)\n")
     report.say(f"torch {torch.__version__}, CUDA {torch.version.cuda}, bf16 {torch.cuda.is_bf16_supported()}, "
@@ -133,41 +134,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report.say("## Checks\n")
         precisions = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+        if args.only == "chains":
+            precisions = []
         for precision in precisions:
             code, seconds, err = kdgen_run(work / precision, *TINY, f"runtime.precision={precision}")
             finite = code == 0 and all(math.isfinite(r["nll"]) for r in rows(work / precision))
             report.check(f"precision {precision}", finite, f"{seconds:.1f} s" if code == 0 else err)
         exact = [*TINY, "runtime.deterministic=true", "runtime.precision=fp32", "runtime.save_every_s=0"]
         code, _, err = kdgen_run(work / "exact", *exact)
-        finished, message = stopped_and_resumed(work / "resumed", exact)
-        same = finished and code == 0 and rows(work / "resumed") == rows(work / "exact")
-        report.check("SIGTERM then --resume equals an uninterrupted run", same, "rows identical" if same else message)
-        code, _, err = kdgen_run(work / "again", *exact)
-        repeat = code == 0 and rows(work / "again") == rows(work / "exact")
-        report.check("runtime.deterministic=true repeats bit for bit", repeat, "rows identical" if repeat else err)
-        code, _, err = kdgen_run(work / "cpu", *exact, "runtime.device=cpu", timeout=900)
-        if code == 0:
-            gap, spread = parity(rows(work / "exact"), rows(work / "cpu"))
-            report.check("GPU against CPU (fp32)", gap <= max(spread, 0.5),
-                         f"largest |mean top-1 difference| {gap:.2f} points; smallest seed std {spread:.2f}")
-        else:
-            report.check("GPU against CPU (fp32)", False, err)
+        if code != 0:
+            report.check("reference run (fp32, deterministic)", False, err)
+            return 1
+        if args.only == "all":
+            single_process_checks(report, work, exact)
         code, seconds, err = kdgen_run(work / "chains", *exact, "runtime.parallel=chains", processes=2)
         same = code == 0 and rows(work / "chains") == rows(work / "exact")
         report.check("chains, 2 processes on one GPU, equals 1 process", same, f"{seconds:.1f} s" if code == 0 else err)
-        code, seconds, err = kdgen_run(work / "data", *TINY, "runtime.parallel=data", processes=1)
-        report.check("data mode, 1 process", code == 0, f"{seconds:.1f} s" if code == 0 else err)
+        if args.only == "all":
+            code, seconds, err = kdgen_run(work / "data", *TINY, "runtime.parallel=data", processes=1)
+            report.check("data mode, 1 process", code == 0, f"{seconds:.1f} s" if code == 0 else err)
 
         report.say("\n## Figures\n")
-        sys.path.insert(0, str(Path(__file__).parent))
-        from throughput import kdgen_step_rate, standard_step_rate
-
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        kdgen_img_s, _ = kdgen_step_rate(args.steps, precision, device)
-        standard_img_s = standard_step_rate(args.steps, device, workers=4)
-        report.say(f"- distillation step, ResNet-20 on 32x32x3, batch 128: kdgen {kdgen_img_s:,.0f} img/s ({precision}),"
-                   f" standard-recipe loop {standard_img_s:,.0f} img/s (fp32, DataLoader, 4 workers): "
-                   f"{kdgen_img_s / standard_img_s:.1f}x")
+        if args.only == "all":
+            step_rate_figure(report, args.steps)
         for processes in (1, 2, 4):
             seeds = f"seeds=[{','.join(str(s) for s in range(processes))}]"
             extra = ["runtime.parallel=chains"] if processes > 1 else []
@@ -185,6 +174,37 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
     return 1 if report.failed else 0
+
+
+def single_process_checks(report: Report, work: Path, exact: list[str]) -> None:
+    """Exact resume, deterministic repeats and CPU parity, against the run in ``work / "exact"``."""
+    finished, message = stopped_and_resumed(work / "resumed", exact)
+    same = finished and rows(work / "resumed") == rows(work / "exact")
+    report.check("SIGTERM then --resume equals an uninterrupted run", same, "rows identical" if same else message)
+    code, _, err = kdgen_run(work / "again", *exact)
+    repeat = code == 0 and rows(work / "again") == rows(work / "exact")
+    report.check("runtime.deterministic=true repeats bit for bit", repeat, "rows identical" if repeat else err)
+    code, _, err = kdgen_run(work / "cpu", *exact, "runtime.device=cpu", timeout=900)
+    if code == 0:
+        gap, spread = parity(rows(work / "exact"), rows(work / "cpu"))
+        report.check("GPU against CPU (fp32)", gap <= max(spread, 0.5),
+                     f"largest |mean top-1 difference| {gap:.2f} points; smallest seed std {spread:.2f}")
+    else:
+        report.check("GPU against CPU (fp32)", False, err)
+
+
+def step_rate_figure(report: Report, steps: int) -> None:
+    """Images/s of kdgen's distillation step next to the standard-recipe loop (benchmarks/throughput.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from throughput import kdgen_step_rate, standard_step_rate
+
+    device = torch.device("cuda")
+    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    kdgen_img_s, _ = kdgen_step_rate(steps, precision, device)
+    standard_img_s = standard_step_rate(steps, device, workers=4)
+    report.say(f"- distillation step, ResNet-20 on 32x32x3, batch 128: kdgen {kdgen_img_s:,.0f} img/s ({precision}),"
+               f" standard-recipe loop {standard_img_s:,.0f} img/s (fp32, DataLoader, 4 workers): "
+               f"{kdgen_img_s / standard_img_s:.1f}x")
 
 
 if __name__ == "__main__":

@@ -319,6 +319,25 @@ def test_one_process_mode_is_refused_under_torchrun(monkeypatch):
         parallel.start("none", "cpu")
 
 
+@pytest.mark.parametrize("mode, backend", [("chains", "gloo"), ("data", "nccl")])
+def test_only_data_mode_joins_over_nccl_on_gpus(monkeypatch, mode, backend):
+    """Chains mode shares a GPU between processes, which NCCL refuses ("Duplicate GPU detected", seen on an H200):
+    its processes join over gloo; data mode, whose gradients travel, over NCCL with its device named."""
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    joined = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, device_id=None: joined.update(
+        backend=backend, device_id=device_id))
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: None)
+    parallel.start(mode, "auto")
+    assert joined["backend"] == backend
+    assert (joined["device_id"] is None) == (backend == "gloo")
+
+
 def test_unknown_mode_and_a_half_set_torchrun_environment_are_one_line_errors(monkeypatch, capsys, tmp_path):
     assert main(["config", "runtime.parallel=pipeline"]) == 2
     assert "chains" in capsys.readouterr().err

@@ -369,7 +369,10 @@ def start(mode: str, device_name: str = "auto", *, sync_batchnorm: bool = True) 
     owns = False
     if place.world_size > 1:
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+            # NCCL only where gradients travel (data mode). Chains mode exchanges small control messages, and
+            # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"), which is how chains fill a GPU.
+            nccl = use_cuda and mode == "data"
+            dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
             owns = True
         control = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     instance = MODES[mode](place, control, device=device, sync_batchnorm=sync_batchnorm)
