@@ -144,3 +144,88 @@ def test_a_folder_that_is_not_a_cache_is_one_line_and_exit_2(base, tmp_path, kdg
             assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "not a unit cache" in result.stderr
     (tmp_path / "empty").mkdir()
     assert kdgen_cli("cache", "verify", str(tmp_path / "empty")).returncode == 0
+
+
+# Faults of the file system: one line naming the path and the cause, exit code 2, never a traceback.
+
+def one_line(result, *needles):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert all(needle in lines[0] for needle in needles), lines[0]
+
+
+def deny(monkeypatch, method, path, code=None):
+    """``Path.<method>`` on ``path`` fails as a permission denial (or ``code``) would: chmod does not stop root."""
+    import errno
+    from pathlib import Path
+
+    code = errno.EACCES if code is None else code
+    real = getattr(Path, method)
+
+    def failing(self, *args, **kwargs):
+        if self == path:
+            raise OSError(code, os.strerror(code), str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, failing)
+
+
+def test_an_unreadable_cache_folder_is_one_line(base, kdgen_cli, monkeypatch):
+    deny(monkeypatch, "iterdir", base / "units")
+    for action in ("ls", "verify", "du"):
+        one_line(kdgen_cli("cache", action, str(base / "units")), f"could not read {base / 'units'}: Permission denied")
+    one_line(kdgen_cli("cache", "prune", str(base / "units"), "--older-than", "0", "--yes"), "could not read")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="runs as root, whom folder modes do not stop (test_an_unreadable_cache_folder covers it)")
+def test_a_cache_folder_without_read_permission_is_one_line(copy, kdgen_cli):
+    (copy / "units").chmod(0o300)
+    try:
+        result = kdgen_cli("cache", "ls", str(copy / "units"))
+    finally:
+        (copy / "units").chmod(0o755)
+    one_line(result, f"could not read {copy / 'units'}: Permission denied")
+
+
+def test_an_unreadable_record_is_named_by_verify(copy, kdgen_cli, monkeypatch):
+    folder = unit_folder(copy, 0.5, 0)
+    deny(monkeypatch, "read_text", folder / "record.json")
+    result = kdgen_cli("cache", "verify", str(copy / "units"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    bad = [line for line in result.stdout.splitlines() if line.startswith("bad:")]
+    assert len(bad) == 1 and folder.name in bad[0] and "Permission denied" in bad[0], result.stdout
+    assert kdgen_cli("cache", "ls", str(copy / "units")).returncode == 0
+
+
+def test_prune_on_a_read_only_cache_is_one_line_and_can_be_repeated(copy, kdgen_cli, monkeypatch):
+    import errno
+
+    units = copy / "units"
+    victim = unit_folder(copy, 0.7, 0)
+    deny(monkeypatch, "unlink", victim / "record.json", errno.EROFS)
+    result = kdgen_cli("cache", "prune", str(units), "--unused-by", str(copy / "a"), "--yes")
+    one_line(result, f"could not delete {victim / 'record.json'}: Read-only file system", "run the same command again")
+    assert victim.is_dir() and (victim / "record.json").is_file()
+    monkeypatch.undo()
+    result = kdgen_cli("cache", "prune", str(units), "--unused-by", str(copy / "a"), "--yes")
+    assert result.returncode == 0 and "deleted 2 units" in result.stdout and not victim.exists()
+
+
+def test_a_unit_folder_that_cannot_be_emptied_stops_prune_with_one_line(copy, kdgen_cli, monkeypatch):
+    """rmtree meets a checkpoint it cannot delete (it used to pass over it, and prune said "deleted")."""
+    import errno
+
+    first = unit_folder(copy, 0.7, 0)  # the first of the two units to delete
+    real_unlink = os.unlink
+
+    def read_only(path, *args, **kwargs):  # shutil.rmtree deletes through os.unlink (by name, with dir_fd)
+        if os.path.basename(path) == "model.safetensors":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", read_only)
+    result = kdgen_cli("cache", "prune", str(copy / "units"), "--unused-by", str(copy / "a"), "--yes")
+    one_line(result, f"could not delete {first / 'model.safetensors'}: Read-only file system")
+    assert "deleted" not in result.stdout and (first / "model.safetensors").is_file()

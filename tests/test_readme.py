@@ -67,7 +67,7 @@ def test_readme_torchrun_commands_name_real_configs_and_keys(monkeypatch, capsys
         for word in words:
             if skip:
                 skip = False
-            elif word == "--out":
+            elif word in ("--out", "--units"):  # run options, not config keys
                 skip = True
             elif word != "--resume":
                 args.append(word)

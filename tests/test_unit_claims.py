@@ -122,3 +122,95 @@ def test_a_config_without_lease_loads(tmp_path):
 
     path.write_text(yaml.safe_dump(raw))
     assert load_config(path, []).runtime.lease_s == 60.0
+
+
+# Faults of the file system: one line naming the path and the cause, exit code 2, never a traceback.
+
+def claim_path(units, arm="baseline", seed=0, generation=0):
+    """Where a run with TINY puts its claim on a unit in the cache ``units``."""
+    from kdgen.config import load_config
+    from kdgen.running.unit_cache import UnitCache
+
+    cfg = load_config(None, [item for item in TINY if not item.startswith("--")])
+    return UnitCache(units).claim_path(cfg, arm, seed, generation)
+
+
+def one_line(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert all(needle in lines[0] for needle in needles), lines[0]
+    return lines[0]
+
+
+def test_a_file_where_the_cache_folder_should_be_is_one_line(tmp_path, kdgen_cli):
+    units = tmp_path / "units"
+    units.write_text("not a folder")
+    result = kdgen_cli("run", "--out", str(tmp_path / "run"), "--units", str(units), *TINY)
+    line = one_line(result, f"could not write {units}: not a folder", "--resume")
+    assert line.startswith("kdgen: error: ")
+
+
+def test_a_claim_on_a_read_only_file_system_is_one_line(tmp_path, kdgen_cli, monkeypatch):
+    """The create of the claim fails as on a read-only mount (EROFS): chmod cannot show it to root."""
+    import errno
+
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".claim"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    claim = claim_path(tmp_path / "units")
+    result = kdgen_cli("run", "--out", str(tmp_path / "run"), "--units", str(tmp_path / "units"), *TINY)
+    one_line(result, f"could not write {claim}: Read-only file system")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="runs as root, whom a read-only folder mode does not stop (the EROFS test covers it)")
+def test_a_claim_in_a_folder_without_write_permission_is_one_line(tmp_path, kdgen_cli):
+    units = tmp_path / "units"
+    units.mkdir()
+    units.chmod(0o555)
+    try:
+        result = kdgen_cli("run", "--out", str(tmp_path / "run"), "--units", str(units), *TINY)
+    finally:
+        units.chmod(0o755)
+    one_line(result, f"could not write {claim_path(units)}: Permission denied")
+
+
+def test_a_folder_where_a_claim_should_be_is_one_line(tmp_path, kdgen_cli):
+    claim = claim_path(tmp_path / "units")
+    claim.mkdir(parents=True)
+    result = kdgen_cli("run", "--out", str(tmp_path / "run"), "--units", str(tmp_path / "units"), *TINY)
+    one_line(result, f"could not read {claim}: Is a directory")
+
+
+def test_a_claim_that_cannot_be_written_out_is_not_left_behind(tmp_path, monkeypatch):
+    """Disk full between the create and the write: no empty claim stays for others to wait on for a lease."""
+    import errno
+    from types import SimpleNamespace
+
+    from kdgen.config import load_config
+    from kdgen.errors import WriteError
+    from kdgen.running.unit_cache import UnitCache
+    from kdgen.running.unit_claims import Claims
+
+    cfg = load_config(None, [item for item in TINY if not item.startswith("--")])
+    claims = Claims(UnitCache(tmp_path / "units"), cfg, lease_s=60)
+    unit = SimpleNamespace(arm="baseline", seed=0, generation=0, name="baseline-seed0-gen0")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError) as caught:
+        claims.acquire(unit)
+    assert str(caught.value) == f"could not write {claims.path(unit)}: No space left on device"
+    assert not claims.path(unit).exists() and not claims.held
+    monkeypatch.undo()
+    assert claims.acquire(unit) is None  # a later attempt claims it
+    claims.release_all()
+    assert not claims.path(unit).exists()

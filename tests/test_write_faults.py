@@ -149,3 +149,16 @@ def test_a_real_full_file_system_then_more_space_and_resume(tmp_path):
             json.loads((reference / "results.json").read_text())["rows"]
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_a_finished_run_folder_keeps_no_temporary_file_of_a_killed_writer(tmp_path):
+    """A process killed inside an atomic write of results.json leaves ``.results.json.*.tmp``; the run that
+    finishes the folder (a --resume) removes it with the other leftovers."""
+    from kdgen.running.run_folder import RunFolder
+
+    (tmp_path / "run").mkdir()
+    folder = RunFolder(tmp_path / "run")
+    stale = tmp_path / "run" / ".results.json.k1ll3d.tmp"
+    stale.write_text("{half", encoding="utf-8")
+    folder.write_results(complete=True)
+    assert not stale.exists() and (tmp_path / "run" / "results.json").is_file()

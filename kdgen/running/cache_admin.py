@@ -6,19 +6,26 @@ Pure functions that read a cache folder and return data; the command line (:mod:
 A unit folder is ``DIR/<arm>-seed<S>-gen<G>-<key>/`` holding ``record.json`` and ``model.safetensors``; a claim file
 ``DIR/<unit folder>.claim`` marks a unit a process is training. A unit folder without ``record.json`` was
 interrupted before it was finished and is not in the cache (:func:`scan` lists it as incomplete).
+
+A folder or file that cannot be read or deleted (no permission, a read-only file system, an I/O error) is a
+:class:`~kdgen.errors.ReadError` or :class:`~kdgen.errors.WriteError` naming it and the cause (one line, exit code 2
+on the command line). Files that vanish while a cache is read (a run putting a unit in, another prune) are skipped.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdgen.errors import UserError
+from kdgen.errors import UserError, WriteError, os_reason, read_error
 from kdgen.running.unit_cache import CHECKPOINT_FILE, RECORD_FILE, check_unit
 
 UNIT_FOLDER = re.compile(r"^(?P<arm>.+)-seed(?P<seed>\d+)-gen(?P<generation>\d+)-(?P<key>[0-9a-f]{16})$")
@@ -81,32 +88,61 @@ class Usage:
     per_model: dict[str, list[int]] = field(default_factory=dict)  # model -> [units, bytes]
 
 
+def _stat(path: Path) -> os.stat_result | None:
+    """``path``'s stat, None if it is gone (removed or renamed since it was listed); an unreadable one is a
+    :class:`~kdgen.errors.ReadError`."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):  # (a file where a folder of the path should be: no such path)
+        return None
+    except OSError as exc:
+        raise read_error(path, exc) from None
+
+
+def _list(folder: Path) -> list[Path] | None:
+    """The entries of ``folder`` (None if it is gone); an unreadable folder is a :class:`~kdgen.errors.ReadError`."""
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise read_error(folder, exc) from None
+
+
+def _is_file(info: os.stat_result | None) -> bool:
+    return info is not None and stat.S_ISREG(info.st_mode)
+
+
 def scan(root: Path) -> list[UnitEntry]:
     """Every unit folder of the cache ``root``, sorted by name.
 
     Raises :class:`UserError` if ``root`` is not a cache: missing, not a folder, or not empty yet without a single
-    unit folder holding a ``record.json``.
+    unit folder holding a ``record.json``; :class:`~kdgen.errors.ReadError` if a folder of it cannot be read.
     """
     root = Path(root)
-    if not root.is_dir():
+    info = _stat(root)
+    if info is None or not stat.S_ISDIR(info.st_mode):
         raise UserError(f"{str(root)!r} is not a unit cache (no such folder)")
     units = []
-    children = list(root.iterdir())
+    children = _list(root) or []
     for child in children:
         match = UNIT_FOLDER.match(child.name)
-        if not (match and child.is_dir()):
+        child_info = _stat(child) if match else None
+        if child_info is None or not stat.S_ISDIR(child_info.st_mode):
             continue
-        files = [path for path in child.iterdir() if path.is_file()]
+        entries = _list(child)
+        if entries is None:  # deleted since it was listed (a prune)
+            continue
+        sizes = [found.st_size for found in map(_stat, entries) if _is_file(found)]
         record_path = child / RECORD_FILE
-        record = None
-        if record_path.is_file():
-            record, _ = check_unit_record(child)
-        checkpoint = child / CHECKPOINT_FILE
+        record_info = _stat(record_path)
+        complete = _is_file(record_info)
+        record = check_unit_record(child)[0] if complete else None
+        checkpoint = _stat(child / CHECKPOINT_FILE)
         units.append(UnitEntry(
             folder=child, arm=match["arm"], seed=int(match["seed"]), generation=int(match["generation"]),
-            key=match["key"], bytes=sum(path.stat().st_size for path in files),
-            mtime=(record_path if record_path.is_file() else child).stat().st_mtime, record=record,
-            complete=record_path.is_file(), shared=checkpoint.is_file() and checkpoint.stat().st_nlink > 1))
+            key=match["key"], bytes=sum(sizes), mtime=(record_info if complete else child_info).st_mtime,
+            record=record, complete=complete, shared=_is_file(checkpoint) and checkpoint.st_nlink > 1))
     in_progress = [child for child in children if child.name.endswith((CLAIM_SUFFIX, STATE_SUFFIX))]
     if children and not any(unit.complete for unit in units) and not in_progress:
         # (a cache whose first unit is still being trained has its claim and shared state, and no unit folder yet)
@@ -123,6 +159,8 @@ def check_unit_record(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
         record = read_json(folder / RECORD_FILE)
     except CheckpointError as exc:
         return None, str(exc)
+    except OSError as exc:  # no permission, an I/O error: listed as unreadable, not a traceback
+        return None, f"{folder / RECORD_FILE}: cannot be read ({os_reason(exc)})"
     return (record, None) if isinstance(record, dict) else (None, "not a record")
 
 
@@ -133,7 +171,10 @@ def verify(units: list[UnitEntry]) -> list[Verdict]:
         if not unit.complete:
             verdicts.append(Verdict(unit, "incomplete", f"no {RECORD_FILE} (never finished)"))
             continue
-        record, cause = check_unit(unit.folder)
+        try:
+            record, cause = check_unit(unit.folder)
+        except OSError as exc:  # an unreadable record (no permission, an I/O error)
+            record, cause = None, f"unreadable ({os_reason(exc)}: {getattr(exc, 'filename', None) or unit.folder})"
         if cause is not None:
             verdicts.append(Verdict(unit, "bad", cause))
         elif record is not None and record.get("sha256") is None:
@@ -185,6 +226,8 @@ def run_unit_folders(run_dir: Path) -> set[str]:
         cfg = saved_config(run_dir)
     except UserError as exc:
         raise UserError(f"--runs/--unused-by {str(run_dir)!r}: not a run folder ({exc})") from None
+    except OSError as exc:
+        raise read_error(getattr(exc, "filename", None) or run_dir, exc) from None
     return {f"{unit_name(arm, seed, g)}-{unit_key(cfg, arm, seed, g)}"
             for arm in cfg.generations.arms for seed in cfg.seeds for g in range(cfg.generations.count + 1)}
 
@@ -247,32 +290,57 @@ def plan_prune(root: Path, units: list[UnitEntry], *, older_than_days: float | N
         if not unit.complete and age_days < 1:
             continue  # perhaps being written right now
         claim = unit.claim
-        if claim.is_file():
-            if now - claim.stat().st_mtime < FRESH_CLAIM_S:
+        claim_info = _stat(claim)
+        if _is_file(claim_info):
+            if now - claim_info.st_mtime < FRESH_CLAIM_S:
                 plan.skipped.append((unit, "claimed by a process in the last hour"))
                 continue
             plan.claims.append(claim)
         plan.units.append(unit)
         state = unit.folder.with_name(unit.folder.name + STATE_SUFFIX)
-        if state.is_file():
+        if _is_file(_stat(state)):
             plan.claims.append(state)
     present = {unit.folder.name for unit in units}
+    entries = sorted(_list(Path(root)) or [])
     for suffix in (CLAIM_SUFFIX, STATE_SUFFIX):  # stale claims and shared states whose unit never finished
-        for path in sorted(Path(root).glob(f"*{suffix}")):
-            if path.name[: -len(suffix)] not in present and path.is_file() \
-                    and now - path.stat().st_mtime >= FRESH_CLAIM_S:
+        for path in entries:
+            if not path.name.endswith(suffix) or path.name[: -len(suffix)] in present:
+                continue
+            info = _stat(path)
+            if _is_file(info) and now - info.st_mtime >= FRESH_CLAIM_S:
                 plan.claims.append(path)
     return plan
 
 
+def _delete_error(path: Path, exc: OSError) -> WriteError:
+    return WriteError(path, os_reason(exc), exc.errno, action="delete")
+
+
 def delete(plan: PrunePlan) -> None:
     """Delete what ``plan`` lists: each unit's record first (so a reader never takes a half-deleted unit for a
-    finished one), then its folder; then the stale claim files."""
+    finished one), then its folder; then the stale claim files.
+
+    The first file or folder that cannot be deleted (read-only file system, no permission) stops it with a
+    :class:`~kdgen.errors.WriteError` naming it: what was deleted before stays deleted, and the same prune
+    again deletes the rest."""
+    def fail(function: object, path: str, exc: BaseException) -> None:
+        if not isinstance(exc, FileNotFoundError):  # deleted meanwhile by someone else: fine
+            raise _delete_error(Path(path), exc) from None
+
     for unit in plan.units:
-        (unit.folder / RECORD_FILE).unlink(missing_ok=True)
-        shutil.rmtree(unit.folder, ignore_errors=True)
+        try:
+            (unit.folder / RECORD_FILE).unlink(missing_ok=True)
+        except OSError as exc:
+            raise _delete_error(unit.folder / RECORD_FILE, exc) from None
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(unit.folder, onexc=fail)
+        else:  # the same callback, given (type, value, traceback)
+            shutil.rmtree(unit.folder, onerror=lambda function, path, info: fail(function, path, info[1]))
     for claim in plan.claims:
-        claim.unlink(missing_ok=True)
+        try:
+            claim.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _delete_error(claim, exc) from None
 
 
 def human_size(size: float) -> str:

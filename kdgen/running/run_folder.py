@@ -222,7 +222,7 @@ class RunFolder:
             return
         # results.json now holds every record (and a kill before this point loses nothing).
         state_dir = self.out_dir / "state"
-        for folder in (self.records_dir, state_dir, self.out_dir / "checkpoints"):
+        for folder in (self.out_dir, self.records_dir, state_dir, self.out_dir / "checkpoints"):
             for stale in folder.glob(".*.tmp") if folder.is_dir() else []:
                 stale.unlink()  # half-written by a process killed inside an atomic write (kdgen.checkpoint)
         for name in self.done:  # a process killed between finishing a unit and removing its state

@@ -9,6 +9,7 @@ the same report.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -121,14 +122,14 @@ def together(parallel: ParallelMode, step: Callable[[], T]) -> T:
     return value  # type: ignore[return-value]
 
 
-def _keep_partial(folder: RunFolder | None, leader: bool) -> None:
+def keep_partial(folder: RunFolder | None, leader: bool) -> None:
     """On a stop: results.json with what every process finished so far (for kdgen report), by the leader."""
     if folder is not None and leader:
         folder.refresh()
         folder.write_results(complete=False)
 
 
-def _unit_counts(parallel: ParallelMode, trained: int, reused: int) -> dict[str, int]:
+def unit_counts(parallel: ParallelMode, trained: int, reused: int) -> dict[str, int]:
     """Units trained and units taken from the unit cache in this invocation, summed over the processes (in data
     mode only the leader, which writes the units, counts them)."""
     if parallel.world_size > 1 and parallel.control is not None:
@@ -163,9 +164,28 @@ def run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path |
             parallel.close()
 
 
-def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path | None,
-                  parallel: ParallelMode, *, data_name: str, origin: str, resume: bool, echo: bool,
-                  unit_cache: UnitCache | None, stop: StopFlag | None) -> tuple[Path | None, list[Row]]:
+@dataclass
+class PreparedRun:
+    """A run after its checks, with its folder made and read (:func:`prepare_run`): what training needs."""
+
+    cfg: Config  # resolved (the precision and K that "auto" mean here)
+    runtime: Runtime
+    folder: RunFolder | None
+    tracker: tracking.Tracker
+    resume: bool
+    started: float  # time.perf_counter() when the run began
+
+    def runner(self, data: DataBundle, models: ChainModels, *, unit_cache: UnitCache | None = None,
+               stop: StopFlag | None = None) -> GenerationsRunner:
+        """The generations driver of this run."""
+        return GenerationsRunner(self.cfg, data, models, runtime=self.runtime, folder=self.folder,
+                                 unit_cache=unit_cache, stop=stop, tracker=self.tracker)
+
+
+def prepare_run(cfg: Config, data: DataBundle, models: ChainModels, out: Path | None, parallel: ParallelMode, *,
+                data_name: str, origin: str, resume: bool, echo: bool) -> PreparedRun:
+    """Every check (on every process, failing on all together), then the run folder, made by the leader and read
+    by every process before any writes to it (so all share out the same chains)."""
     start = time.perf_counter()
     leader = parallel.is_leader
     # log.mlflow without the package is a mistake to name now, not after the training.
@@ -211,10 +231,34 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
               f"{data.num_classes} classes), {describe_chain(profiles)} ({runtime.precision}{processes}), arms "
               f"{cfg.generations.arms}, seeds {cfg.seeds}, patriarch + {cfg.generations.count} generations{where}"
               + (f" (resuming: {len(folder.done)} models done)" if resume and folder is not None else ""), flush=True)
+    return PreparedRun(cfg, runtime, folder, tracker, resume, start)
+
+
+def finish_run(run: PreparedRun, parallel: ParallelMode, counts: dict[str, int], wall: float) -> list[Row]:
+    """By the process that writes the run's summary files (the leader; in a torchrun sweep, the point's
+    assembler): the complete results.json, timing.json and the report. Returns every row."""
+    folder = run.folder
+    assert folder is not None
+    folder.refresh()
+    rows = folder.rows
+    folder.write_results(complete=True)
+    write_json(folder.timing_path(), {"wall_time_s": wall, "resumed": run.resume, "processes": parallel.world_size,
+                                      "parallel": parallel.name, **counts})
+    build_report(folder.out_dir, wall_time_s=wall)  # from the results.json just written (rows and extras)
+    if run.tracker.finish(folder.out_dir, rows):  # MLflow failed on the report itself: the report says so
+        build_report(folder.out_dir, wall_time_s=wall)
+    return rows
+
+
+def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path | None,
+                  parallel: ParallelMode, *, data_name: str, origin: str, resume: bool, echo: bool,
+                  unit_cache: UnitCache | None, stop: StopFlag | None) -> tuple[Path | None, list[Row]]:
+    leader = parallel.is_leader
+    run = prepare_run(cfg, data, models, out, parallel, data_name=data_name, origin=origin, resume=resume, echo=echo)
+    folder, tracker = run.folder, run.tracker
     try:
         try:
-            generations = GenerationsRunner(cfg, data, models, runtime=runtime, folder=folder, unit_cache=unit_cache,
-                                            stop=stop, tracker=tracker)
+            generations = run.runner(data, models, unit_cache=unit_cache, stop=stop)
             rows = generations.run()
         except UserError as exc:
             tracker.close("FAILED")
@@ -223,32 +267,30 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
         # Processes whose chains are done wait for the others (still answering a stop signal).
         if not parallel.wait_for_all(lambda: stop is not None and stop.requested):
             raise TrainingInterrupted("stopped while waiting for the other processes")
-        counts = _unit_counts(parallel, generations.units_trained, generations.units_reused)
+        counts = unit_counts(parallel, generations.units_trained, generations.units_reused)
     except KeyboardInterrupt:
-        _keep_partial(folder, leader)
+        keep_partial(folder, leader)
         tracker.close("KILLED")
         raise
     except RuntimeError as exc:
         tracker.close("FAILED")
         if not (parallel.world_size > 1 and is_peer_lost(exc)):
             raise
-        _keep_partial(folder, leader)
-        raise PeerLost(f"lost contact with another process ({peer_failure_summary(exc)}); every finished "
-                       "unit and the last saved training states are kept") from None
-    wall = time.perf_counter() - start
+        keep_partial(folder, leader)
+        raise lost_peer(exc) from None
+    wall = time.perf_counter() - run.started
     if folder is not None and leader:
-        folder.refresh()
-        rows = folder.rows
-        folder.write_results(complete=True)
-        write_json(folder.timing_path(), {"wall_time_s": wall, "resumed": resume, "processes": parallel.world_size,
-                                          "parallel": parallel.name, **counts})
-        build_report(folder.out_dir, wall_time_s=wall)  # from the results.json just written (rows and extras)
-        if tracker.finish(folder.out_dir, rows):  # MLflow failed on the report itself: the report says so
-            build_report(folder.out_dir, wall_time_s=wall)
+        rows = finish_run(run, parallel, counts, wall)
     if echo and leader:
         print(console_summary(Results(rows)))
         print(f"\nwall time {wall:.1f} s" + (f"; report: {out / 'report.md'}" if out is not None else ""))
     return out, rows
+
+
+def lost_peer(exc: BaseException) -> PeerLost:
+    """The one-line error of a run that lost another process (its finished units and states are kept)."""
+    return PeerLost(f"lost contact with another process ({peer_failure_summary(exc)}); every finished "
+                    "unit and the last saved training states are kept")
 
 
 def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False, echo: bool = True,

@@ -18,6 +18,11 @@ trained twice: units are put in the cache atomically and equal keys give equal w
 
 The claimer also links its latest training state next to the claim (``DIR/<unit folder>.state.safetensors``), so
 a process that takes over a dead claimer's unit continues from that state instead of from scratch.
+
+A claim that cannot be made or read (a read-only or full file system, no permission, a file where the cache's
+folder should be) is a :class:`~kdgen.errors.WriteError` or :class:`~kdgen.errors.ReadError` naming the path and
+the cause: one line and exit code 2 on the command line. Renewals, releases and the shared state are best effort:
+they never stop a unit that trains.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from kdgen.checkpoint import link, write_json
+from kdgen.checkpoint import link, write_error, write_json
 from kdgen.config import Config
-from kdgen.errors import CheckpointError
+from kdgen.errors import CheckpointError, ReadError, WriteError, os_reason, read_error
 from kdgen.running.unit_cache import CachedUnit, UnitCache
 from kdgen.training.loop import StopFlag, TrainingInterrupted
 from kdgen.training.resume import EpochState, load_state
@@ -53,10 +58,24 @@ HOST, BOOT = socket.gethostname(), _boot_id()
 
 
 def _read(path: Path) -> bytes | None:
+    """The claim's bytes, None if there is none; one that cannot be read is a :class:`~kdgen.errors.ReadError`."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:  # no permission, a folder of the claim's name, an I/O error: waiting would not help
+        raise read_error(path, exc) from None
+
+
+def _make_folder(folder: Path) -> None:
+    """The cache folder, made if missing; a :class:`~kdgen.errors.WriteError` if it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if folder.exists() and not folder.is_dir():
+            raise WriteError(folder, "not a folder (a file of that name is in the way of the unit cache)",
+                             exc.errno) from None
+        raise write_error(folder, exc) from None
 
 
 def _parse(raw: bytes) -> dict:
@@ -105,7 +124,7 @@ class _Held:
                     return
                 self.info["renewed"] = time.time()
                 write_json(self.path, self.info)
-            except OSError:  # a full disk or a network hiccup: try again at the next renewal
+            except (OSError, ReadError, WriteError):  # a full disk or a network hiccup: try again at the next renewal
                 continue
 
     def release(self) -> None:
@@ -114,7 +133,7 @@ class _Held:
         try:
             if self.ours():
                 self.path.unlink()
-        except OSError:
+        except (OSError, ReadError):  # left behind: stale after the lease (at once on this machine)
             pass
 
 
@@ -137,7 +156,7 @@ class Claims:
         """Claim ``unit`` (None: this process trains it), or wait until another process put it in the cache
         (that unit is returned) or its claim went stale (taken over: None)."""
         path = self.path(unit)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path.parent)
         seen, seen_at, told = None, 0.0, False
         while True:
             hit = self.cache.get(self.cfg, unit.arm, unit.seed, unit.generation)
@@ -177,13 +196,22 @@ class Claims:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except OSError as exc:  # read-only or full file system, no permission
+            raise write_error(path, exc) from None
         now = time.time()
         info = {"host": HOST, "pid": os.getpid(), "started": now, "renewed": now, "token": uuid.uuid4().hex,
                 "boot": BOOT}
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(info, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(info, indent=2) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # disk full after the create: leave no empty claim behind for others to wait on
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            raise write_error(path, exc) from None
         self.held[name] = _Held(path, info, self.lease_s, name)
         return True
 
@@ -194,16 +222,24 @@ class Claims:
             os.rename(path, aside)
         except FileNotFoundError:
             return True  # another waiter moved it first: whoever creates the new claim next wins
+        except OSError as exc:  # read-only file system, no permission: the claim can never be taken over
+            raise WriteError(path, f"cannot take over this stale claim ({os_reason(exc)})", exc.errno,
+                             action="move") from None
         try:
-            if aside.read_bytes() == judged:
+            if _read(aside) == judged:
                 return True
             try:  # a fresh claim replaced the stale one between our read and our rename: put it back
                 os.link(aside, path)
             except FileExistsError:
                 pass
+            except OSError as exc:
+                raise write_error(path, exc) from None
             return False
         finally:
-            aside.unlink(missing_ok=True)
+            try:
+                aside.unlink(missing_ok=True)
+            except OSError:
+                pass  # a leftover ``.claim.stale-*`` file, harmless
 
     def share_state(self, unit, state_file: Path) -> None:
         """Link the claimed unit's latest training state next to its claim (for a process that takes it over)."""
@@ -216,11 +252,11 @@ class Claims:
     def shared_state(self, unit) -> EpochState | None:
         """The training state a dead claimer of ``unit`` left next to its claim, if any."""
         path = self.state_path(unit)
-        if unit.name not in self.held or not path.exists():
-            return None
         try:
+            if unit.name not in self.held or not path.exists():
+                return None
             state = load_state(path)
-        except CheckpointError:
+        except (CheckpointError, OSError):  # unreadable: the unit is trained from the start
             return None
         if state.unit != unit.name:
             return None
@@ -234,7 +270,10 @@ class Claims:
         if held is None:
             return
         if finished:
-            self.state_path(unit).unlink(missing_ok=True)
+            try:
+                self.state_path(unit).unlink(missing_ok=True)
+            except OSError:  # left over next to a unit in the cache: nobody takes it up; kdgen cache prune removes it
+                pass
         held.release()
 
     def release_all(self) -> None:

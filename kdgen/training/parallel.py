@@ -167,6 +167,10 @@ class ParallelMode:
         """Block until every process got here; return False early if ``stop_requested()`` turns true."""
         return True
 
+    def sum_over_processes(self, values: list[int]) -> list[int]:
+        """``values`` summed element-wise over every process (e.g. units each trained, per run of a sweep)."""
+        return list(values)
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -221,6 +225,13 @@ class _Shared(ParallelMode):
             time.sleep(0.05)
         work.wait()
         return True
+
+    def sum_over_processes(self, values: list[int]) -> list[int]:
+        if self.control is None:
+            return list(values)
+        every: list[object] = [None] * self.world_size
+        dist.all_gather_object(every, list(values), group=self.control)
+        return [sum(int(v[i]) for v in every) for i in range(len(values))]  # type: ignore[index]
 
 
 @register
