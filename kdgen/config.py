@@ -7,6 +7,7 @@ Mistakes become :class:`~kdgen.errors.ConfigError` with one line that names the 
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -25,6 +26,7 @@ plugins.load()  # plug-ins register their arms, methods and sources before the c
 DEFAULT_ARMS = ("baseline", "strict", "tolerant")
 # Keys that moved to the runtime section: how a run executes, not what it computes.
 MOVED_TO_RUNTIME = {"train": ("device", "precision", "compile", "channels_last"), "data": ("workers",)}
+_warned: set[str] = set()  # the recipe warnings this process has printed (one line each)
 
 
 class _Strict(BaseModel):
@@ -341,6 +343,17 @@ class _ConfigBase(_Strict):
         if self.model.pretrained and not namespaced(self.model_of(0)):
             raise ValueError(f"model.pretrained: the patriarch {self.model_of(0)!r} has no pretrained weights "
                              "(they are for timm/<architecture>)")
+        return self
+
+    @model_validator(mode="after")
+    def _recipe_warnings(self) -> "_ConfigBase":
+        """Settings that cannot do what they say with this recipe (DKD's warm-up longer than the training): one line
+        each on stderr, once per process (a sweep validates a config per grid point)."""
+        if self.generations.count >= 1:  # only students use the distill section
+            for line in self.distill.recipe_warnings(self.train.epochs):
+                if line not in _warned:
+                    _warned.add(line)
+                    print(f"kdgen: warning: {line}", file=sys.stderr, flush=True)
         return self
 
     def to_dict(self) -> dict[str, Any]:

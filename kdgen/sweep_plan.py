@@ -287,7 +287,12 @@ class SweepSummary:
 
 
 def _json(found: Paired | None) -> dict[str, Any] | None:
-    return None if found is None else {"n": found.n, "mean": found.mean, "std": found.std, "p": found.p}
+    if found is None:
+        return None
+    entry = {"n": found.n, "mean": found.mean, "std": found.std, "p": found.p}
+    if found.no_spread and not found.identical:  # the same nonzero difference on every seed: no t-test (p NaN),
+        entry["sign_p"] = found.sign_p  # the exact sign test's p instead
+    return entry
 
 
 def mean_of(values: dict[int, float]) -> float:

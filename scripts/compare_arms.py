@@ -18,14 +18,14 @@ compares the lines' ``kdgen transfer`` probes (RUN/transfer/mnist.json) instead 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from kdgen.checkpoint import read_json
 from kdgen.folders import TRANSFER_DIR
-from kdgen.reporting.formatting import difference, p_value
+from kdgen.reporting.formatting import difference
 from kdgen.reporting.results import Results
 from kdgen.reporting.statistics import paired
+from kdgen.reporting.tables import detectable_cell, p_cell
 
 
 def line_rows(spec: str, probe: str | None = None) -> tuple[str, list[dict]]:
@@ -79,8 +79,7 @@ def main() -> None:
                 top1[(label, generation, "single")], top1.get((args.reference, generation, "single"), {}))
             text = ["–", "–", "–"]
             if diff is not None:
-                text = [difference(diff.mean, diff.std), p_value(diff.p),
-                        "–" if math.isnan(diff.detectable) else f"±{diff.detectable:.2f}"]
+                text = [difference(diff.mean, diff.std), p_cell(diff), detectable_cell(diff)]
             cells = [label, str(generation), str(entry.n), entry.format("top1"), *(entry.format(m) for m in shown)]
             print("| " + " | ".join(cells + text) + " |")
 

@@ -104,11 +104,37 @@ def test_every_generation_gets_a_fresh_optimizer_and_schedule(tiny_cfg, tiny_dat
     assert first_lrs == [cfg.train.lr] * 9  # each schedule starts at the base LR, not where the last one ended
 
 
-def test_unit_streams_differ_and_are_stable():
-    seeds = {Unit(arm, seed, g).stream_seed for arm in ("baseline", "strict", "tolerant") for seed in (0, 1)
-             for g in range(4)}
-    assert len(seeds) == 24
+def test_unit_streams_are_shared_by_the_arms_and_differ_across_seeds_and_generations():
+    """Common random numbers (issue 29): one stream per (seed, generation), whatever the arm."""
+    streams = {(seed, g): {Unit(arm, seed, g).stream_seed for arm in ("baseline", "strict", "tolerant", "snapshot")}
+               for seed in (0, 1) for g in range(4)}
+    assert all(len(arms_streams) == 1 for arms_streams in streams.values())
+    assert len(set.union(*streams.values())) == 8
     assert Unit("strict", 0, 1).stream_seed == Unit("strict", 0, 1).stream_seed
+
+
+def test_the_arms_of_a_seed_start_from_the_same_weights_and_see_the_same_batches(tiny_data, monkeypatch):
+    """Strict and tolerant patriarchs of a seed differ only by the TSD term: same initial weights, same batch order."""
+    import kdgen.running.generations as generations_module
+
+    seen = {}
+    real_train = generations_module.train_generation
+
+    def record(model, data, recipe, objective, runtime, hooks=None, *, seed, **kwargs):
+        seen[hooks.where] = (seed, [p.detach().clone() for p in model.parameters()])
+        return real_train(model, data, recipe, objective, runtime, hooks, seed=seed, **kwargs)
+
+    monkeypatch.setattr(generations_module, "train_generation", record)
+    cfg = tiny_config(generations={"count": 1, "arms": ["strict", "tolerant"]}, seeds=[0, 1])
+    GenerationsRunner(cfg, tiny_data, lambda: build("cnn-tiny", 4, 1)).run()
+    for seed in (0, 1):
+        for g in (0, 1):
+            strict = seen[f"arm strict, seed {seed}, generation {g}"]
+            tolerant = seen[f"arm tolerant, seed {seed}, generation {g}"]
+            assert strict[0] == tolerant[0]  # the batch order and augmentation
+            assert all(torch.equal(a, b) for a, b in zip(strict[1], tolerant[1]))  # the initial weights
+    assert seen["arm strict, seed 0, generation 0"][0] != seen["arm strict, seed 1, generation 0"][0]
+    assert seen["arm strict, seed 0, generation 0"][0] != seen["arm strict, seed 0, generation 1"][0]
 
 
 def objective_for(cfg, arm, generation):

@@ -103,6 +103,32 @@ def test_distill_method_is_validated_like_every_section():
         load_config(None, ["distill.method=dkd", "distill.warmup_epochs=-1"])
 
 
+def test_a_dkd_warm_up_longer_than_the_training_is_warned_about_once_in_one_line(capsys, monkeypatch):
+    """Issue 29: DKD's default warm-up (20 epochs) exceeds the default train.epochs (8): the term reaches 0.4."""
+    import kdgen.config
+
+    monkeypatch.setattr(kdgen.config, "_warned", set())
+    capsys.readouterr()
+    cfg = load_config(None, ["distill.method=dkd"])
+    assert (cfg.distill.warmup_epochs, cfg.train.epochs) == (20.0, 8)
+    assert cfg.distill.reached(cfg.train.epochs) == pytest.approx(0.4)
+    assert DecoupledKD(1, 8, 4, 20, 1).warmup(cfg.train.epochs - 1) == pytest.approx(0.4)  # what the loss uses
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kdgen: warning: ")
+    assert "distill.warmup_epochs=20" in err and "train.epochs=8" in err and "0.4 of its full value" in err
+    load_config(None, ["distill.method=dkd"])
+    assert capsys.readouterr().err == ""  # once per process (a sweep validates a config per grid point)
+    for quiet in (["distill.method=dkd", "train.epochs=20"], ["distill.method=dkd", "distill.warmup_epochs=2"],
+                  ["distill.method=dkd", "generations.count=0"], ["distill.method=dkd", "distill.warmup_epochs=0"],
+                  ["train.epochs=2"]):  # reaches 1, or no student, or kd
+        monkeypatch.setattr(kdgen.config, "_warned", set())
+        load_config(None, quiet)
+        assert capsys.readouterr().err == "", quiet
+    monkeypatch.setattr(kdgen.config, "_warned", set())
+    load_config(None, ["distill.method=dkd", "train.epochs=30", "distill.warmup_epochs=40"])
+    assert "only ramps up to 0.75 of its full value" in capsys.readouterr().err
+
+
 def test_kd_unit_keys_are_those_of_before_the_method_key_and_dkd_keys_differ():
     kd = tiny_config(distill={"weight": 0.7})
     assert unit_settings(kd, "strict", 0, 1)["distill"] == {"weight": 0.7, "temperature": 4.0}

@@ -40,9 +40,53 @@ def test_a_clear_difference_is_called_better_or_worse_and_one_seed_is_not_tested
     assert "**worse**" in worse.sentence()
     single = finding({0: 1.0}, {0: 0.0}, "tolerant", "strict", "single", 1)
     assert "cannot be tested" in single.sentence() and "cannot be tested" in headline([single])
-    # the same difference on every seed leaves the t-test undefined: nothing is claimed
-    same = finding({0: 1.0, 1: 2.0}, {0: 0.0, 1: 1.0}, "tolerant", "strict", "single", 1)
-    assert math.isnan(same.p) and "no significant difference" in same.sentence()
+
+
+def test_the_same_difference_on_every_seed_is_said_as_it_is():
+    # one digits test image is 0.28 points: +0.28 on every seed has no spread, so no t-test, interval or power;
+    # it is not 'no difference': the sentence gives the difference and the exact sign test's p = 2 * 0.5^3
+    a = {s: 100 * (350 + s) / 360 for s in range(3)}
+    b = {s: 100 * (349 + s) / 360 for s in range(3)}
+    same = finding(a, b, "tolerant", "strict", "single", 2)
+    assert same.no_spread and math.isnan(same.p) and math.isnan(same.low) and math.isnan(same.detectable)
+    text = same.sentence()
+    assert "no significant difference" not in text and "CI" not in text and "±0.00" not in text and "n/a" not in text
+    assert "**the same difference on every seed**, +0.28 points on every one of the 3 seeds" in text
+    assert "no t-test" in text and "sign test gives p 0.250" in text
+    assert headline([same]) == ("Tolerant beat strict by the same +0.28 points on every one of the 3 seeds at "
+                                "generation 2: no spread, so no t-test; sign test p 0.250, not significant with 3 seeds.")
+    # 6 seeds of the same sign: the sign test is significant (p 0.031), and the verdict says which is better
+    six = finding({s: 0.0 for s in range(6)}, {s: 0.5 for s in range(6)}, "tolerant", "strict", "single", 2)
+    assert "tolerant is **worse** with 6 seeds, -0.50 points on every one of the 6 seeds" in six.sentence()
+    assert "p 0.031" in six.sentence()
+    assert headline([six]).startswith("Tolerant did worse than strict at generation 2 (-0.50 points on every one")
+    # no difference on any seed: identical, nothing to test
+    identical = finding(a, dict(a), "tolerant", "strict", "single", 2)
+    assert "**identical on every one of the 3 seeds**" in identical.sentence()
+    assert headline([identical]) == "Tolerant and strict scored the same on every one of the 3 seeds at generation 2."
+
+
+def test_tables_say_when_every_seed_gives_the_same_difference():
+    from kdgen.reporting.page import ceiling_note
+    from kdgen.reporting.tables import diff_table, gains_table
+
+    def top1(arm, g, s):  # strict: patriarch 97.22 + s; tolerant one image (0.28) better at generation 1, equal at 2
+        return 97.0 + 100 * (1 + s) / 360 + (100 / 360 if arm == "tolerant" and g == 1 else 0.0) + 0.1 * g
+
+    rows = [{"arm": arm, "generation": g, "kind": "single", "seed": s, "split": "test", "top1": top1(arm, g, s),
+             "nll": 0.1 + 0.01 * s, "ece": 0.01} for arm in ("strict", "tolerant") for g in (0, 1, 2) for s in (0, 1, 2)]
+    results = Results(rows)
+    header, body = diff_table(results, "test")
+    by_gen = {line[1]: dict(zip(header, line)) for line in body}
+    assert by_gen["1"]["Δ top1 (points)"] == "+0.28 ± 0.00" and by_gen["1"]["p (paired t)"] == "0.250 (sign test)"
+    assert by_gen["1"]["detectable (80 %)"] == "– (no spread)"
+    assert by_gen["2"]["p (paired t)"] == "identical" and by_gen["2"]["detectable (80 %)"] == "– (no spread)"
+    assert by_gen["1"]["p (NLL)"] == "identical"
+    _, gains = gains_table(results, "test")
+    assert [line[4] for line in gains if line[0] == "strict"] == ["0.250 (sign test)", "0.250 (sign test)"]
+    # near the ceiling, with no comparison that has spread, the note still says why the run cannot show much
+    note = ceiling_note(results, findings(results, "test"))
+    assert note is not None and "no spread, so no t-test" in note and "±" not in note
 
 
 def _rows(arms, generations=(0, 1, 2)):
@@ -63,7 +107,7 @@ def test_findings_come_from_the_recorded_arms_main_rival_first():
     # no name is written into the verdict: without tolerant, the first comparison is the headline
     found = findings(Results(_rows(("strict", "snapshot"))))
     assert [(f.arm, f.other, f.kind) for f in found] == [("snapshot", "strict", "single"), ("snapshot", "strict", "ensemble")]
-    assert "snapshot and strict" in headline(found)
+    assert "snapshot and strict" in headline(found).lower()
     assert labels(("baseline",)) == [] and headline([]).startswith("No comparison yet")
 
 
@@ -86,8 +130,8 @@ def run(tmp_path_factory):
 def test_report_opens_with_the_verdict_and_is_self_contained(run):
     md = (run / "report.md").read_text()
     assert md.index("## Verdict") < md.index("![top1_test]") < md.index("## Test split") < md.index("## Val split")
-    assert "No significant difference between tolerant and strict with 3 seeds" in md or "beat strict" in md \
-        or "did worse than strict" in md
+    assert ("No significant difference between tolerant and strict with 3 seeds" in md or "beat strict" in md
+            or "did worse than strict" in md or "Tolerant and strict scored the same on every one of the 3 seeds" in md)
     page = (run / "report.html").read_text()
     assert "src='plots/" not in page and page.count("src='data:image/png;base64,") >= 5
     assert "`" not in re.sub(r"<code>.*?</code>", "", page)  # no markdown left in the HTML
@@ -158,21 +202,11 @@ def test_report_of_several_runs_is_one_comparison_page(run, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
-def test_detectable_effect_is_the_paired_t_tests_80_percent_power_point():
-    from kdgen.reporting.statistics import detectable_effect
-
-    # (t_0.975,9 + t_0.8,9) / sqrt(10) = (2.2622 + 0.8834) / 3.1623
-    assert detectable_effect(1.0, 10) == pytest.approx(0.9947, abs=1e-3)
-    assert detectable_effect(2.0, 10) == pytest.approx(2 * 0.9947, abs=2e-3)
-    assert math.isnan(detectable_effect(1.0, 1))
-    # by simulation: a true effect of that size is found about 80 % of the time
-    import numpy as np
-    from scipy import stats as st
-
-    rng = np.random.default_rng(0)
-    effect = detectable_effect(1.0, 10)
-    hits = sum(st.ttest_1samp(rng.normal(effect, 1.0, 10), 0.0).pvalue < 0.05 for _ in range(4000))
-    assert 0.76 < hits / 4000 < 0.84
+def test_the_verdict_gives_the_exact_detectable_effect():
+    # differences 1, 2, 3 (std 1, 3 seeds): the noncentral t's 80 % point is 3.264 (tests/test_statistics.py);
+    # the old shortcut (t_0.975 + t_0.8) / sqrt(3) said 3.10
+    found = finding({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0}, "tolerant", "strict", "single", 2)
+    assert "would detect a true difference of ±3.26 points with 80 % power" in found.sentence()
 
 
 def test_a_run_near_its_ceiling_says_why_it_cannot_show_much():
@@ -198,3 +232,12 @@ def test_data_note_says_which_splits_are_train_val_and_test():
     assert "10% of its training split, held out" in held_out and "100 images per class" in held_out
     own = data_note(build_config({"data": {"name": "hf", "root": "pets-hf", "val_split": "validation"}}))
     assert "pets-hf" in own and "own 'validation' split" in own and "test: its test split" in own
+
+
+def test_a_sweep_page_says_when_every_seed_gives_the_same_difference():
+    from kdgen.reporting.statistics import paired
+    from kdgen.reporting.sweep_page import _diff
+
+    assert _diff(paired({0: 1.5, 1: 2.5}, {0: 1.0, 1: 2.0})) == "+0.50 ± 0.00 (same on every seed, sign test p 0.500)"
+    assert _diff(paired({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})) == "+0.00 ± 0.00 (identical on every seed)"
+    assert _diff(paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0})) == "+2.00 ± 1.00 (p 0.074)"

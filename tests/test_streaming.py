@@ -56,3 +56,25 @@ def test_streaming_batches_are_uint8_and_reproducible(tmp_path):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
     evaluated = list(eval_batches(data.test, 4, torch.device("cpu"), 0))
     assert sum(len(y) for _, y in evaluated) == 6
+
+
+def test_streamed_augmentation_does_not_depend_on_the_workers_or_the_processes(tmp_path):
+    """runtime.workers is not in a unit's key: an epoch's random crops and flips are the same with 0, 1 or 3 loader
+    workers, and two data-parallel shares put together are the one-process batch (per-item streams)."""
+    make_folder(tmp_path)
+    cfg = tiny_config(data={"name": "imagefolder", "root": str(tmp_path), "stream": True,
+                            "train_crop": 12, "eval_resize": 14, "eval_crop": 12})
+    data = load_bundle(cfg.data)
+
+    def epochs(workers, share=(0, 1)):
+        torch.manual_seed(100 + workers)  # the global generator must not matter either
+        batches = TrainBatches(data.train, AugmentSpec(), 4, torch.device("cpu"), torch.Generator().manual_seed(5),
+                               workers, share)
+        return [(x.clone(), y.clone()) for _ in range(2) for x, y in batches]
+
+    alone = epochs(0)
+    assert len(alone) >= 4 and not torch.equal(alone[0][0], alone[len(alone) // 2][0])  # epochs differ
+    for workers in (1, 3):
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(alone, epochs(workers)))
+    halves = zip(epochs(0, (0, 2)), epochs(2, (1, 2)))
+    assert all(torch.equal(a[0], torch.cat([h0[0], h1[0]])) for a, (h0, h1) in zip(alone, halves))

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kdgen.arms.base import Arm, register
 from kdgen.errors import ConfigError
+from kdgen.methods.kd import KDSettings
 from kdgen.training.objective import GenerationObjective
 
 if TYPE_CHECKING:
@@ -91,6 +92,12 @@ class Snapshot(Arm):
         if generation >= 1:
             settings["snapshot"].update(weight=self.options.weight, temperature=self.options.temperature)
         return settings
+
+    def code_revisions(self, generation: int) -> dict[str, int]:
+        """Code this generation runs beyond the loop and the arm (:func:`kdgen.running.unit_cache.code_revisions`):
+        cycles 1.. learn with the ``kd`` method whatever ``distill.method`` says, so its revision, from cycle 1 on
+        (a cycle's key covers the cycles before it)."""
+        return {"distill.kd": KDSettings.revision} if generation >= 1 else {}
 
 
 @register

@@ -108,8 +108,13 @@ class StreamingSplit:
     def for_eval(self) -> "StreamingSplit":
         return StreamingSplit(self.samples, self.make_dataset, train=False)
 
-    def dataset(self) -> Any:
-        return self.make_dataset(self.samples, self.train)
+    def dataset(self, seed: int | None = None) -> Any:
+        """The dataset over the samples. ``seed`` (a training epoch's): a dataset with a ``reseed(seed)`` method
+        draws each item's augmentation from a stream of (seed, item index), whatever worker decodes it."""
+        dataset = self.make_dataset(self.samples, self.train)
+        if seed is not None and hasattr(dataset, "reseed"):
+            dataset.reseed(seed)
+        return dataset
 
 
 AnySplit = Union[Split, StreamingSplit]

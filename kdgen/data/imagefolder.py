@@ -92,10 +92,11 @@ def resize_center_crop(image: Image.Image, resize: int, crop: int) -> Image.Imag
 
 
 def random_resized_crop(image: Image.Image, size: int, scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None
+                        ) -> Image.Image:
     """A random region covering ``scale`` of the area with aspect ``ratio``, resized to ``size``.
 
-    Draws from torch's global generator, which DataLoader seeds differently in every worker.
+    Draws from ``generator`` (None: torch's global one, which DataLoader seeds differently in every worker).
     After ten failed draws (very elongated images) it falls back to the central region whose
     aspect is the nearest allowed one.
     """
@@ -103,13 +104,13 @@ def random_resized_crop(image: Image.Image, size: int, scale: tuple[float, float
     area = width * height
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(10):
-        target = area * float(torch.empty(1).uniform_(scale[0], scale[1]))
-        aspect = math.exp(float(torch.empty(1).uniform_(log_lo, log_hi)))
+        target = area * float(torch.empty(1).uniform_(scale[0], scale[1], generator=generator))
+        aspect = math.exp(float(torch.empty(1).uniform_(log_lo, log_hi, generator=generator)))
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
-            left = int(torch.randint(0, width - w + 1, (1,)))
-            top = int(torch.randint(0, height - h + 1, (1,)))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
             break
     else:
         aspect = min(max(width / height, ratio[0]), ratio[1])
@@ -120,13 +121,28 @@ def random_resized_crop(image: Image.Image, size: int, scale: tuple[float, float
     return image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
 
 
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """The random stream of item ``index`` in an epoch whose augmentation seed is ``seed``: its own, derived from
+    both with NumPy's SeedSequence, so an item's crop and flip depend on neither the worker that decodes it, nor how
+    many workers (``runtime.workers``) or processes (``runtime.parallel=data``) share the epoch."""
+    entropy = [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, index]
+    low, high = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(low) | (int(high) << 31))
+
+
 class ImageFolderDataset(Dataset):
     """Decodes one image per item into a uint8 ``(3, H, W)`` tensor, for streaming big folders.
 
     ``train=True``: random-resized crop to ``train_crop`` (scale 0.08..1, aspect 3/4..4/3) and a
     random horizontal flip. ``train=False``: shorter side to ``eval_resize``, centre crop
     ``eval_crop``. Normalisation is left to the device, as for resident data.
+
+    ``seed`` (set per epoch by the training batches, :meth:`reseed`): each item draws its crop and flip from its
+    own stream, :func:`sample_generator` of (seed, index), so an epoch's images are the same whichever worker decodes
+    them. None: torch's global generator (DataLoader seeds it per worker: results then depend on the worker count).
     """
+
+    seed: int | None = None
 
     def __init__(self, samples: Sequence[Sample], train: bool, train_crop: int = 224,
                  eval_resize: int = 256, eval_crop: int = 224) -> None:
@@ -148,12 +164,17 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def reseed(self, seed: int) -> None:
+        """Draw the next pass's augmentation from per-item streams of ``seed`` (see the class)."""
+        self.seed = seed
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         image = open_rgb(path)
         if self.train:
-            image = random_resized_crop(image, self.train_crop)
-            if float(torch.rand(1)) < 0.5:
+            generator = sample_generator(self.seed, index) if self.seed is not None else None
+            image = random_resized_crop(image, self.train_crop, generator=generator)
+            if float(torch.rand(1, generator=generator)) < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         else:
             image = resize_center_crop(image, self.eval_resize, self.eval_crop)

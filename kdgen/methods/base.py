@@ -99,6 +99,11 @@ class MethodSettings(BaseModel):
         """The settings a student's weights depend on (the unit cache's key): all of them."""
         return self.model_dump(mode="json")
 
+    def recipe_warnings(self, epochs: int) -> list[str]:
+        """Lines of warning about these settings with a recipe of ``epochs`` epochs per generation (a setting that
+        cannot do what it says in so few epochs); the config prints each once per process."""
+        return []
+
 
 def register(cls: type[MethodSettings]) -> type[MethodSettings]:
     """Class decorator: make ``cls`` a valid ``distill.method`` (its ``method`` literal's default is the name)."""

@@ -43,10 +43,23 @@ class DKDSettings(MethodSettings):
     alpha: float = Field(1.0, ge=0.0)
     beta: float = Field(8.0, ge=0.0)
     temperature: float = Field(4.0, gt=0.0)
-    # Epochs over which the term's weight ramps linearly up to 1 (the paper: 20 of 240).
+    # Epochs over which the term's weight ramps linearly up to 1 (the paper: 20 of 240). Longer than train.epochs
+    # (kdgen's default 8), the term never reaches its full weight: the config warns in one line.
     warmup_epochs: float = Field(20.0, ge=0.0)
     # Weight of the hard-label term (the paper keeps cross-entropy at 1).
     ce_weight: float = Field(1.0, ge=0.0)
+
+    def reached(self, epochs: int) -> float:
+        """The weight the term ramps up to by the last of ``epochs`` epochs (1: the whole term)."""
+        return DecoupledKD(self.alpha, self.beta, self.temperature, self.warmup_epochs, self.ce_weight).warmup(epochs - 1)
+
+    def recipe_warnings(self, epochs: int) -> list[str]:
+        # The defaults are the paper's (20 of 240 epochs); with kdgen's default 8 epochs the ramp never ends (issue 29).
+        if self.reached(epochs) >= 1.0:
+            return []
+        return [f"distill.warmup_epochs={self.warmup_epochs:g} exceeds train.epochs={epochs}: the DKD term's weight "
+                f"only ramps up to {self.reached(epochs):.2g} of its full value (the DKD paper warms up over 1/12 of "
+                f"the epochs: distill.warmup_epochs={epochs / 12:.2g} here)"]
 
     def build(self) -> DecoupledKD:
         return DecoupledKD(self.alpha, self.beta, self.temperature, self.warmup_epochs, self.ce_weight)

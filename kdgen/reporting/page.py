@@ -182,11 +182,13 @@ def ceiling_note(results: Results, found: list) -> str | None:
         return None
     error = 100.0 - sum(singles) / len(singles)
     detectable = [f.detectable for f in found if not math.isnan(f.detectable)]
-    if error >= 3.0 or not detectable or any(f.p < 0.05 for f in found if not math.isnan(f.p)):
+    tested = [f for f in found if f.n >= 2]
+    if error >= 3.0 or not tested or any(f.significant for f in found):
         return None
+    seeds = (f"its seeds detect differences of ±{min(detectable):.2f} points at best" if detectable else
+             "each comparison gives the same difference on every seed (no spread, so no t-test)")
     return (f"**Why this run cannot show much:** its models get {100 - error:.1f} % of the test images right on "
-            f"average, so only {error:.1f} % are left to win, while its seeds detect differences of "
-            f"±{min(detectable):.2f} points at best. Data near its ceiling (like the embedded digits, made for "
+            f"average, so only {error:.1f} % are left to win, while {seeds}. Data near its ceiling (like the embedded digits, made for "
             "speed) cannot show effects of the size generations make (about one point on converged "
             "Fashion-MNIST, docs/findings.md): run `kdgen run --config configs/fashion-mnist-converged.yaml` for that.")
 
@@ -209,6 +211,11 @@ def data_note(cfg: Any) -> str | None:
 
 NOTES = ["Mean ± sample std over seeds; top-1 in %, NLL in nats, ECE with 15 bins; confidence is the mean top-1 "
          "probability (a tolerant patriarch's is lower than a strict one's).",
+         "Detectable (80 %): the true difference a two-sided paired t-test at p < 0.05 finds with 80 % power over "
+         "these seeds, solved exactly on the noncentral t with the differences' sample std. Where every seed gives "
+         "the same difference there is no t-test: p reads '(sign test)', the exact two-sided sign test's 2 · 0.5^n "
+         "(the smallest p n seeds can give), or 'identical' for no difference on any seed, and nothing is detectable "
+         "('no spread').",
          "Ensembles average the softmax of generations 1..g (students only; baseline: independent models 1..g).",
          "Secondary information: entropy in nats; mass ranks 2..K is the probability on the 2nd..K-th classes; "
          "semantic 2nd choice is how often the best class other than the true one shares the true class's group "

@@ -91,7 +91,13 @@ def _values(values: list) -> str:
 
 
 def _diff(d: Paired | None) -> str:
-    return "–" if d is None else f"{difference(d.mean, d.std)} (p {p_value(d.p)})"
+    if d is None:
+        return "–"
+    if d.identical:
+        return f"{difference(d.mean, d.std)} (identical on every seed)"
+    if d.no_spread:  # the same difference on every seed: no t-test, the exact sign test instead
+        return f"{difference(d.mean, d.std)} (same on every seed, sign test p {p_value(d.sign_p)})"
+    return f"{difference(d.mean, d.std)} (p {p_value(d.p)})"
 
 
 def build_sweep_report(out: Path) -> Path:

@@ -12,9 +12,27 @@ import math
 from kdgen import arms as arm_registry
 from kdgen.reporting.formatting import difference, p_value, signed, text_table
 from kdgen.reporting.results import METRICS, Results, format_cell
-from kdgen.reporting.statistics import mean_interval, paired, slope
+from kdgen.reporting.statistics import Paired, mean_interval, paired, slope
 
 Table = tuple[list[str], list[list[str]]]
+
+
+def p_cell(d: Paired) -> str:
+    """The paired t-test's p; where every seed gives the same difference (no t-test), the exact sign test's p
+    marked ``(sign test)``, or ``identical`` for no difference on any seed."""
+    if d.identical:
+        return "identical"
+    if d.no_spread:
+        return f"{p_value(d.sign_p)} (sign test)"
+    return p_value(d.p)
+
+
+def detectable_cell(d: Paired) -> str:
+    """``±0.42``: the difference these seeds detect with 80 % power; ``– (no spread)`` where it is undefined
+    because every seed gives the same difference; ``–`` below two seeds."""
+    if d.no_spread:
+        return "– (no spread)"
+    return "–" if math.isnan(d.detectable) else f"±{d.detectable:.2f}"
 
 
 def _arm_generations(results: Results, split: str) -> list[tuple[str, int]]:
@@ -51,11 +69,9 @@ def diff_table(results: Results, split: str) -> Table:
         label = f"{arm} − {other}" + (" (ensemble)" if kind == "ensemble" else "")
         nll = results.paired(arm, other, split, kind, "nll")
         for generation, d in results.paired(arm, other, split, kind).items():
-            detectable = d.detectable
-            line = [label, str(generation), str(d.n), difference(d.mean, d.std), p_value(d.p),
-                    "–" if math.isnan(detectable) else f"±{detectable:.2f}"]
+            line = [label, str(generation), str(d.n), difference(d.mean, d.std), p_cell(d), detectable_cell(d)]
             e = nll.get(generation)
-            line += ["–", "–"] if e is None else [difference(e.mean, e.std, 3), p_value(e.p)]
+            line += ["–", "–"] if e is None else [difference(e.mean, e.std, 3), p_cell(e)]
             body.append(line)
     return header, body
 
@@ -74,7 +90,7 @@ def gains_table(results: Results, split: str) -> Table:
         ensemble = paired(values.get((arm, generation, "ensemble"), {}), patriarch)
         line = [arm, str(generation), str(single.n)]
         for d in (single, ensemble):
-            line += ["–", "–"] if d is None else [difference(d.mean, d.std), p_value(d.p)]
+            line += ["–", "–"] if d is None else [difference(d.mean, d.std), p_cell(d)]
         body.append(line)
     return header, body
 

@@ -33,6 +33,19 @@ class Finding:
     p: float
     detectable: float = math.nan  # smallest |difference| these seeds detect with 80 % power
     model: str = ""  # the generation's architecture, named where a chain changes architecture
+    no_spread: bool = False  # the same difference on every seed: no t-test; p, low, high, detectable are NaN
+    sign_p: float = math.nan  # then, with a nonzero difference: the exact two-sided sign test's p, 2 · 0.5^n
+
+    @property
+    def identical(self) -> bool:
+        """No spread and no difference: both score the same on every seed."""
+        return self.no_spread and math.isnan(self.sign_p)
+
+    @property
+    def significant(self) -> bool:
+        """p < 0.05: the t-test's, or the sign test's where every seed gives the same difference."""
+        p = self.sign_p if self.no_spread else self.p
+        return not math.isnan(p) and p < ALPHA
 
     @property
     def where(self) -> str:
@@ -48,6 +61,8 @@ class Finding:
         seeds = f"{self.n} seed{'s' if self.n != 1 else ''}"
         if self.n < 2:
             return f"{self.label}: {signed(self.mean)} points with 1 seed, which cannot be tested; run more seeds."
+        if self.no_spread:
+            return f"{self.label}: {self._no_spread_words()}."
         numbers = f"{signed(self.mean)} points (95 % CI {signed(self.low)} to {signed(self.high)}, p {p_value(self.p, prose=True)})"
         if not math.isnan(self.p) and self.p < ALPHA:
             word = "better" if self.mean > 0 else "worse"
@@ -56,11 +71,24 @@ class Finding:
             f"; these seeds would detect a true difference of ±{self.detectable:.2f} points with 80 % power"
         return f"{self.label}: **no significant difference** with {seeds}, {numbers}{power}."
 
+    def _no_spread_words(self) -> str:
+        """What is true when every seed gives the same difference."""
+        if self.identical:
+            return (f"**identical on every one of the {self.n} seeds**, the same top-1 on each: no difference and no "
+                    "seed-to-seed spread, so nothing to test and no detectable effect to give")
+        same = (f"{signed(self.mean)} points on every one of the {self.n} seeds: no seed-to-seed spread, so no t-test, "
+                f"no t interval and no detectable effect; an exact sign test gives p {p_value(self.sign_p, prose=True)}")
+        if self.significant:
+            return f"{self.arm} is **{'better' if self.mean > 0 else 'worse'}** with {self.n} seeds, {same}"
+        return (f"**the same difference on every seed**, {same}, the smallest p {self.n} seeds can give "
+                "(6 or more seeds can reach p < 0.05)")
+
 
 def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, other: str, kind: str,
             generation: int) -> Finding | None:
     """``a − b`` paired over the seeds both have (:func:`kdgen.reporting.statistics.paired`, so p is n/a below two
-    seeds or when every difference is the same), with its 95 % interval; None without a common seed."""
+    seeds or when every difference is the same: then ``no_spread`` and the sign test's p), with its 95 % interval
+    (NaN where p is); None without a common seed."""
     found = paired(values_a, values_b)
     if found is None:
         return None
@@ -68,7 +96,7 @@ def finding(values_a: dict[int, float], values_b: dict[int, float], arm: str, ot
         return Finding(arm, other, kind, generation, found.n, found.mean, math.nan, math.nan, math.nan)
     half = found.half_width
     return Finding(arm, other, kind, generation, found.n, found.mean, found.mean - half, found.mean + half, found.p,
-                   found.detectable)
+                   found.detectable, no_spread=found.no_spread, sign_p=found.sign_p)
 
 
 def verdict_comparisons(results: Results) -> list[Comparison]:
@@ -111,7 +139,17 @@ def headline(found: list[Finding]) -> str:
         return "No comparison yet: the run has no two arms with results on the same seeds."
     if main.n < 2:
         return f"With 1 seed, {main.arm} against {main.other} cannot be tested: run at least 3 seeds."
-    if not math.isnan(main.p) and main.p < ALPHA:
+    if main.identical:
+        return f"{main.arm.capitalize()} and {main.other} scored the same on every one of the {main.n} seeds at {main.where}."
+    if main.no_spread:
+        verb = "beat" if main.mean > 0 else "did worse than"
+        if main.significant:
+            return (f"{main.arm.capitalize()} {verb} {main.other} at {main.where} ({signed(main.mean)} points on every "
+                    f"one of the {main.n} seeds, sign test p {p_value(main.sign_p, prose=True)}).")
+        return (f"{main.arm.capitalize()} {verb} {main.other} by the same {signed(main.mean)} points on every one of the "
+                f"{main.n} seeds at {main.where}: no spread, so no t-test; sign test p "
+                f"{p_value(main.sign_p, prose=True)}, not significant with {main.n} seeds.")
+    if main.significant:
         verb = "beat" if main.mean > 0 else "did worse than"
         return (f"{main.arm.capitalize()} {verb} {main.other} at {main.where} "
                 f"({signed(main.mean)} points, p {p_value(main.p, prose=True)}, {main.n} seeds).")

@@ -8,8 +8,7 @@ evaluates it on every split and keeps the run folder and the unit cache up to da
 from __future__ import annotations
 
 import sys
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,7 +33,8 @@ from kdgen.running.unit_claims import Claims
 from kdgen.training.augment import Normalizer
 from kdgen.training.batches import steps_per_epoch
 from kdgen.training.loop import EpochLog, StopFlag, TrainHooks, freeze_teacher, train_generation
-from kdgen.training.metrics import calibration_bins, classification_metrics, predict_probs, soft_confusion
+from kdgen.training.metrics import (calibration_bins, classification_metrics, predict_probs, rank_mass, secondary_mass,
+                                    soft_confusion)
 from kdgen.training.resume import EpochState
 from kdgen.training.runtime import Runtime
 
@@ -119,14 +119,22 @@ class Unit:
         return unit_name(self.arm, self.seed, self.generation)
 
     @property
+    def triple(self) -> tuple[str, int, int]:
+        """(arm, seed, generation): how the unit cache names a unit."""
+        return self.arm, self.seed, self.generation
+
+    @property
     def stream_seed(self) -> int:
         """Seed of this unit's own RNG stream (init, batch order, augmentation).
 
-        Derived from (seed, arm, generation) with NumPy's SeedSequence, so streams never overlap
-        and adding an arm or a generation does not shift the others. crc32 keeps arm codes stable
-        across Python processes (``hash`` of a str is salted).
+        Derived from (seed, generation) with NumPy's SeedSequence, the same for every arm: the arms' models of one
+        seed and generation start from the same initial weights and see the same batches (common random numbers).
+        That narrows every paired difference between arms: the intervals of tolerant - strict were 2.6x narrower
+        (geometric mean) on Fashion-MNIST (docs/study/common-random-numbers.md; issue 29). Adding an arm or a
+        generation does not shift the others. Before issue 29 the arm (its crc32) entered too:
+        kdgen.training.loop.REVISION 2 keeps such units out of the unit cache.
         """
-        entropy = [self.seed, zlib.crc32(self.arm.encode()), self.generation]
+        entropy = [self.seed, self.generation]
         return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
 
 
@@ -184,31 +192,58 @@ class GenerationsRunner:
         """Optimizer steps of ``unit``'s training (its arm may give it fewer epochs than train.epochs)."""
         return self.arms[unit.arm].recipe(unit.generation).epochs * self.steps_per_epoch
 
+    def chains(self) -> list[tuple[int, str]]:
+        """Every (seed, arm) chain of the run, in training order."""
+        return [(seed, arm) for seed in self.cfg.seeds for arm in self.cfg.generations.arms]
+
+    def units_to_train(self, seed: int, arm: str) -> list[Unit]:
+        """The units of a chain that neither the run folder nor the unit cache holds yet."""
+        def held(unit: Unit) -> bool:
+            return self.is_done(unit) or (self.unit_cache is not None and
+                                          self.unit_cache.get(self.cfg, unit.arm, unit.seed, unit.generation) is not None)
+
+        return [u for u in self.chain(seed, arm) if not held(u)]
+
     def run(self) -> list[Row]:
         """Train and evaluate every unit (under ``runtime.parallel=chains``: this process's chains);
         return the tidy result rows (with a folder: all of its rows this process knows of)."""
-        chains = [(seed, arm) for seed in self.cfg.seeds for arm in self.cfg.generations.arms]
-        remaining = [sum(self.unit_steps(u) for u in self.chain(seed, arm) if not self.is_done(u))
-                     for seed, arm in chains]
+        chains = self.chains()
+        # Units another run put in the cache cost nothing here: counting them would leave a process idle.
+        remaining = [sum(self.unit_steps(u) for u in self.units_to_train(seed, arm)) for seed, arm in chains]
+        # The leader's view, so every process shares out the same chains even while the cache changes.
+        remaining = self.runtime.parallel.leader_value(remaining)  # type: ignore[assignment]
         mine = [chains[i] for i in self.runtime.parallel.assign(remaining)]
-        rows: list[Row] = []
-        done = sum(self.unit_steps(u) for seed, arm in mine for u in self.chain(seed, arm) if self.is_done(u))
-        # Off a terminal (CI logs, files) redraw rarely instead of filling the log with updates.
-        interactive = sys.stderr.isatty()
-        # One bar, the leader's (processes' bars would overwrite each other); counted in optimizer
-        # steps, so long epochs (ImageNet) show progress and the rate is steps/s.
-        show = self.cfg.log.progress and self.runtime.parallel.is_leader
-        with tqdm(total=sum(self.unit_steps(u) for seed, arm in mine for u in self.chain(seed, arm)), unit="step",
-                  disable=not show, initial=done, dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
-            try:
-                for seed, arm in mine:
-                    rows.extend(self.run_arm(arm, seed, bar))
-            finally:
-                if self.claims is not None:  # a stop or an error: the claims go (the shared states stay)
-                    self.claims.release_all()
+        rows = self.run_chains(mine)
         if self.writer is not None:
             self.writer.close()
         return self.folder.rows if self.folder is not None else rows
+
+    def progress(self, chains: list[tuple[int, str]]) -> tqdm:
+        """The progress bar of training ``chains``, the leader's alone (processes' bars would overwrite each
+        other); counted in optimizer steps, so long epochs (ImageNet) show progress and the rate is steps/s."""
+        done = sum(self.unit_steps(u) for seed, arm in chains for u in self.chain(seed, arm) if self.is_done(u))
+        total = sum(self.unit_steps(u) for seed, arm in chains for u in self.chain(seed, arm))
+        # Off a terminal (CI logs, files) redraw rarely instead of filling the log with updates.
+        interactive = sys.stderr.isatty()
+        show = self.cfg.log.progress and self.runtime.parallel.is_leader
+        return tqdm(total=total, unit="step", disable=not show, initial=done, dynamic_ncols=True,
+                    mininterval=0.1 if interactive else 10.0)
+
+    def run_chains(self, chains: list[tuple[int, str]], bar: tqdm | None = None) -> list[Row]:
+        """Train and evaluate the units of ``chains`` (seed, arm) in order; the rows of the units this call
+        finished. A stop or an error releases this process's claims (the shared states stay)."""
+        own = bar is None
+        bar = self.progress(chains) if own else bar
+        rows: list[Row] = []
+        try:
+            for seed, arm in chains:
+                rows.extend(self.run_arm(arm, seed, bar))
+        finally:
+            if self.claims is not None:
+                self.claims.release_all()
+            if own:
+                bar.close()
+        return rows
 
     def chain(self, seed: int, arm: str) -> list[Unit]:
         return [Unit(arm, seed, g) for g in range(self.cfg.generations.count + 1)]
@@ -227,7 +262,7 @@ class GenerationsRunner:
         rows: list[Row] = []
         chain = self.chain(seed, arm_name)
         finished = [self.is_done(u) for u in chain]
-        cached = [None if done or self.unit_cache is None else self.unit_cache.get(self.cfg, u.arm, u.seed, u.generation)
+        cached = [None if done or self.unit_cache is None else self.reusable(self.unit_cache.get(self.cfg, *u.triple))
                   for u, done in zip(chain, finished)]
         to_train = [not done and hit is None for done, hit in zip(finished, cached)]
         needed = {j for g, train in enumerate(to_train) if train
@@ -236,9 +271,9 @@ class GenerationsRunner:
         member_probs: dict[int, dict[str, torch.Tensor]] = {}
         for generation, unit in enumerate(chain):
             if to_train[generation] and self.unit_cache is not None and self.folder is not None:
-                hit = self.claims.acquire(unit, bar) if self.claims is not None else None
+                hit = self.reusable(self.claims.acquire(unit, bar)) if self.claims is not None else None
                 if self.runtime.parallel.splits_batches and self.runtime.parallel.leader_value(hit is not None):
-                    hit = hit or self.unit_cache.get(self.cfg, unit.arm, unit.seed, unit.generation)
+                    hit = hit or self.reusable(self.unit_cache.get(self.cfg, *unit.triple))
                 if hit is not None:  # another process trained it meanwhile
                     to_train[generation], cached[generation] = False, hit
             hit = cached[generation]
@@ -250,12 +285,13 @@ class GenerationsRunner:
                 model = self.load_unit(unit, hit.checkpoint if hit is not None else None)
             else:
                 model = None  # nothing still to train needs it
-            new_rows, extras = self.evaluate(unit, arm, model, member_probs) if model is not None else ([], {})
+            new_rows, extras, masses = self.evaluate(unit, arm, model, member_probs) if model is not None \
+                else ([], {}, {})
             if hit is not None:
                 new_rows, extras = hit.rows, hit.extras  # the same numbers, measured when it was trained
             if not finished[generation]:
                 rows.extend(new_rows)
-                self.record(unit, model, hit, new_rows, extras)
+                self.record(unit, model, hit, new_rows, extras, masses)
             # The generation can now only teach or be started from; the next student is a new object.
             if model is not None:
                 models[generation] = freeze_teacher(model)
@@ -264,8 +300,9 @@ class GenerationsRunner:
         return rows
 
     def record(self, unit: Unit, model: nn.Module | None, hit: CachedUnit | None, rows: list[Row],
-               extras: dict[str, object]) -> None:
-        """Put a newly finished unit in the run folder (and a newly trained one in the unit cache)."""
+               extras: dict[str, object], masses: dict[str, list[float]] | None = None) -> None:
+        """Put a newly finished unit in the run folder (and a newly trained one in the unit cache, with ``masses``:
+        each row's mean probability at every rank, keyed ``"kind/split"``)."""
         if self.folder is None or not self.runtime.parallel.writes_units:
             return
         if hit is not None:
@@ -287,16 +324,19 @@ class GenerationsRunner:
         self.units_trained += 1
         if self.unit_cache is not None:
             self.unit_cache.put(self.cfg, unit.arm, unit.seed, unit.generation, self.folder.checkpoint_path(unit.name),
-                                rows, extras)
+                                rows, extras, rank_mass=masses, secondary_k=self.secondary_k)
             if self.claims is not None:
                 self.claims.release(unit, finished=True)
 
     def evaluate(self, unit: Unit, arm: Arm, model: nn.Module,
-                 member_probs: dict[int, dict[str, torch.Tensor]]) -> tuple[list[Row], dict[str, object]]:
+                 member_probs: dict[int, dict[str, torch.Tensor]]
+                 ) -> tuple[list[Row], dict[str, object], dict[str, list[float]]]:
         """Rows of ``model`` on every split, and of the arm's ensemble at this generation; extras: calibration
-        bins of every model, and a patriarch's soft confusion matrices."""
+        bins of every model, and a patriarch's soft confusion matrices; and each row's mean probability at every
+        rank (``{"kind/split": [...]}``, for the unit cache: :meth:`reusable`)."""
         rows: list[Row] = []
         extras: dict[str, object] = {}
+        masses: dict[str, list[float]] = {}
         generation, runtime = unit.generation, self.runtime
         for split_name, split in self.eval_splits().items():
             probs = runtime.parallel.gather(
@@ -304,6 +344,7 @@ class GenerationsRunner:
                                            precision=runtime.precision, channels_last=runtime.channels_last,
                                            workers=runtime.workers), split)
             rows.append(_row(unit, "single", split_name, self.metrics(probs, split.labels)))
+            masses[f"single/{split_name}"] = rank_mass(probs)
             if split_name != "train":  # the report's reliability diagrams and confidence histograms
                 extras.setdefault("calibration", {})[split_name] = calibration_bins(probs, split.labels)  # type: ignore[index]
             if generation == 0 and split_name != "train":
@@ -315,7 +356,8 @@ class GenerationsRunner:
             if len(members) >= 2 and all(m in member_probs for m in members):
                 ensemble = torch.stack([member_probs[m][split_name] for m in members]).mean(dim=0)
                 rows.append(_row(unit, "ensemble", split_name, self.metrics(ensemble, split.labels)))
-        return rows, extras
+                masses[f"ensemble/{split_name}"] = rank_mass(ensemble)
+        return rows, extras, masses
 
     def eval_splits(self) -> dict[str, object]:
         """The splits every model is evaluated on: val, test and (when the data has one) the train sample."""
@@ -324,9 +366,26 @@ class GenerationsRunner:
             splits["train"] = self.data.train_eval
         return splits
 
+    @property
+    def secondary_k(self) -> int:
+        """The K of the rows' secondary-information metrics (mass on ranks 2..K)."""
+        return self.cfg.tolerance.secondary_k(self.data.num_classes)
+
     def metrics(self, probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        k = self.cfg.tolerance.secondary_k(self.data.num_classes)
-        return classification_metrics(probs, labels, k=k, groups=self.data.class_groups)
+        return classification_metrics(probs, labels, k=self.secondary_k, groups=self.data.class_groups)
+
+    def reusable(self, hit: CachedUnit | None) -> CachedUnit | None:
+        """A cached unit with rows for this run: K is not in a unit's key, so ``secondary_mass`` is recomputed for
+        this run's K from the unit's recorded per-rank mass (as this run would have measured it). None when its
+        record cannot give them (written without the per-rank mass, at another K): then the unit is trained again."""
+        if hit is None or hit.secondary_k == self.secondary_k:
+            return hit
+        masses = hit.rank_mass or {}
+        if any(f"{row['kind']}/{row['split']}" not in masses for row in hit.rows):
+            return None
+        rows = [{**row, "secondary_mass": secondary_mass(masses[f"{row['kind']}/{row['split']}"], self.secondary_k)}
+                if "secondary_mass" in row else row for row in hit.rows]
+        return replace(hit, rows=rows, secondary_k=self.secondary_k)
 
     def load_unit(self, unit: Unit, checkpoint: Path | None = None) -> nn.Module:
         """A unit finished by an earlier process, from its checkpoint in the run folder (or ``checkpoint``)."""

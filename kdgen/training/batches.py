@@ -66,11 +66,12 @@ class TrainBatches:
                 images = augment(self.images[index], self.spec, self.generator)
                 yield self._mine(images), self._mine(self.labels[index])
             return
-        # Streaming: the loader's own CPU generator is seeded from ours, so the order and the
-        # workers' augmentation seeds are reproducible. The batch sampler is the one DataLoader builds
-        # for shuffle=True; each process decodes only its share of every batch.
+        # Streaming: the loader's own CPU generator is seeded from ours, so the order is reproducible, and so is
+        # the augmentation: each item draws from its own stream of (this seed, its index), whichever worker decodes
+        # it (kdgen.data.imagefolder), so runtime.workers changes no result. The batch sampler is the one
+        # DataLoader builds for shuffle=True; each process decodes only its share of every batch.
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
-        dataset = self.split.dataset()
+        dataset = self.split.dataset(seed)
         loader_generator = torch.Generator().manual_seed(seed)
         global_batches = BatchSampler(RandomSampler(dataset, generator=loader_generator), self.batch_size, drop_last=True)
         loader = DataLoader(dataset, batch_sampler=_Share(global_batches, *self.share), num_workers=self.workers,

@@ -31,9 +31,13 @@ from kdgen.training.fast import check_compile_supported, fold_batchnorm, maybe_c
 from kdgen.training.resume import EpochState, capture, restore
 from kdgen.training.runtime import Runtime
 
-# Raise when a change to this loop changes what it computes: units trained before are then not reused
-# (kdgen.running.unit_cache). Arms, student methods and tolerance methods carry a ``revision`` of their own.
-REVISION = 1
+# Raise when a change to this loop (or to the RNG streams it is given) changes what it computes: units trained before
+# are then not reused (kdgen.running.unit_cache). Arms, student methods and tolerance methods carry a ``revision`` of
+# their own.
+# 2 (issue 29): every arm's unit of a (seed, generation) draws the same stream (kdgen.running.generations.
+#   Unit.stream_seed: common random numbers), and a step schedule's milestones are fractions of all the epochs,
+#   warm-up included (they were counted from the end of warm-up).
+REVISION = 2
 
 
 class StopFlag:
@@ -131,15 +135,23 @@ def make_optimizer(model: nn.Module, recipe: TrainConfig, loss: nn.Module | None
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, recipe: TrainConfig) -> float:
-    """Multiplier of ``recipe.lr`` at ``step``: linear warm-up, then cosine, step or constant."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if recipe.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    """Multiplier of ``recipe.lr`` at ``step``: linear warm-up, then cosine, step or constant.
+
+    Cosine runs from the end of warm-up to the end of training. A step schedule's milestones are fractions of all
+    the steps, warm-up included (200 epochs, milestones [0.5, 0.75]: the rate drops at epochs 100 and 150, with or
+    without a warm-up); a milestone inside the warm-up lowers the rate the warm-up climbs to.
+    """
     if recipe.schedule == "step":
-        return recipe.gamma ** sum(progress >= m for m in recipe.milestones)
-    return 1.0
+        # Drops at the first step at or after m * total_steps (1e-9: m * total_steps rounded just above an integer).
+        factor = recipe.gamma ** sum(step >= m * total_steps - 1e-9 for m in recipe.milestones)
+    else:
+        factor = 1.0
+    if step < warmup_steps:
+        return factor * (step + 1) / warmup_steps
+    if recipe.schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, recipe: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:

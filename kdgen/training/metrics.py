@@ -64,6 +64,20 @@ def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_
     return {"count": count.tolist(), "confidence": (conf_sum / safe).tolist(), "accuracy": (acc_sum / safe).tolist()}
 
 
+def rank_mass(probs: torch.Tensor) -> list[float]:
+    """The mean probability at each rank (``[mean p_(1), mean p_(2), ...]``, float64): enough to give
+    :func:`secondary_mass` for any K without the model (a unit cache keeps it, so a run with another K reuses a unit)."""
+    # float64 before summing, whatever the input's dtype: the same reduction for float32 and float64 probabilities.
+    ranked = probs.sort(dim=1, descending=True).values.double()
+    return (ranked.sum(dim=0) / max(len(probs), 1)).tolist()
+
+
+def secondary_mass(ranks: list[float], k: int) -> float:
+    """Mean probability on ranks 2..k, from :func:`rank_mass` (k clipped to 2..classes)."""
+    k = max(2, min(k, len(ranks)))
+    return float(sum(ranks[1:k]))
+
+
 def secondary_information(probs: torch.Tensor, labels: torch.Tensor, k: int,
                           groups: list[list[int]] | None = None) -> dict[str, float]:
     """What a model says beyond its top-1 choice: the information a teacher passes on.
@@ -82,7 +96,8 @@ def secondary_information(probs: torch.Tensor, labels: torch.Tensor, k: int,
     k = max(2, min(k, num_classes))
     metrics = {
         "entropy": float(-(probs * probs.clamp_min(1e-30).log()).sum(dim=1).mean()),
-        "secondary_mass": float(probs.topk(k, dim=1).values[:, 1:].sum(dim=1).mean()),
+        # From the per-rank means, exactly as a run with another K recomputes it for a reused unit.
+        "secondary_mass": secondary_mass(rank_mass(probs), k),
     }
     if groups:
         mates = torch.zeros(num_classes, num_classes, dtype=torch.bool)  # mates[i, j]: j shares i's group, j != i
