@@ -21,13 +21,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from parallel_chains import timed  # noqa: E402  (a script beside this one: the same timing)
 
 GRID = ["tolerance.eta=0.3,0.6"]
 OVERRIDES = ["seeds=[0,1,2,3]", "generations.arms=[strict,tolerant]", "generations.count=2", "train.epochs=40"]
@@ -42,16 +43,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def timed(command: list[str], threads: int) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    began = time.perf_counter()
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    elapsed = time.perf_counter() - began
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-2000:]}")
-    return elapsed
 
 
 def point_rows(out: Path) -> dict[str, list[dict]]:
