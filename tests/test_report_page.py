@@ -222,6 +222,13 @@ def test_a_run_near_its_ceiling_says_why_it_cannot_show_much():
     assert note is not None and "ceiling" in note and "99." in note
     far = Results(rows(82.0))
     assert ceiling_note(far, findings(far, "test")) is None
+    # a significant difference near the ceiling (tolerant about five images better) is a hint, not a finding
+    shifted = Results([{**r, "top1": r["top1"] + (1.5 + 0.01 * r["seed"] if r["arm"] == "tolerant" else 0.0)}
+                       for r in rows(99.2)])
+    found = findings(shifted, "test")
+    assert any(f.significant for f in found)
+    hint = ceiling_note(shifted, found)
+    assert hint is not None and "Near the ceiling" in hint and "hint" in hint
 
 
 def test_data_note_says_which_splits_are_train_val_and_test():
