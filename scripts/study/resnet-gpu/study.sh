@@ -2,8 +2,8 @@
 set -u
 W=${W:-/work/resnet}; N=${N:-10}; EXTRA=${EXTRA:-}
 mkdir -p $W
-C="--config configs/fashion-mnist-paper-form.yaml model.name=resnet20 data.train_per_class=500 train.epochs=30 $EXTRA"
-G='--grid distill.temperature,distill.weight=[1,0.5],[4,0.9]'
+C="--config configs/fashion-mnist-paper-form.yaml model.name=resnet20 data.train_per_class=500 train.epochs=30
+   tolerance.eta=0.74 generations.count=2 generations.arms=[strict,tolerant] $EXTRA"
 RUN="python3 -m torch.distributed.run --standalone --nproc_per_node=$N -m kdgen"
 # MPS lets the processes' small kernels run side by side; without it they take turns on the GPU.
 if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d; then
@@ -11,18 +11,10 @@ if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d; 
   else echo quit | nvidia-cuda-mps-control; echo "MPS failed its check: off"; fi
 else echo "no MPS"; fi
 t0=$(date +%s)
-$RUN sweep $C tolerance.eta=0.74 generations.count=2 "generations.arms=[strict,tolerant]" $G --out $W/val --no-progress
+$RUN sweep $C --grid "distill.temperature,distill.weight=[1,0.5],[4,0.9]" --out $W/val --no-progress
 t1=$(date +%s); echo "STAGE3 wall $((t1-t0)) s"
-$RUN sweep $C tolerance.eta=0.74 generations.count=2 "generations.arms=[strict,tolerant]" "seeds=[0,1,2,3,4,5,6,7,8,9]" $G \
-  --units $W/val/units --out $W/test --no-progress
+BEST=$(python3 -c "import json; d = json.load(open('$W/val/sweep_summary.json')); print(' '.join(f'{k}={v}' for k, v in d['best_settings'].items()))")
+echo "BEST $BEST"
+$RUN run $C "seeds=[0,1,2,3,4,5,6,7,8,9]" $BEST runtime.parallel=chains --units $W/val/units --out $W/test --no-progress
 t2=$(date +%s); echo "STAGE4 wall $((t2-t1)) s"
-for run in $W/test/runs/*; do
-  gens="[2]"; case $run in *temperature=1_*) gens="[0,2]";; esac   # the patriarchs are the same in both points
-  for arm in strict tolerant; do
-    OMP_NUM_THREADS=3 python3 -m kdgen transfer $run --data mnist --root /work/data/package/data probe.c_values=[0.1,1,10] \
-      "probe.generations=$gens" "probe.arms=[$arm]" --out $run/transfer-$arm > /tmp/transfer-$arm-$(basename $run).log 2>&1 &
-  done
-done
-wait
-t3=$(date +%s); echo "TRANSFER wall $((t3-t2)) s"
 touch /tmp/study.done
