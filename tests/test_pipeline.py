@@ -136,6 +136,10 @@ def test_resume_ignores_the_whole_runtime_section(tmp_path):
     out = tmp_path / "run"
     first = subprocess.run([sys.executable, "-m", "kdgen", "run", "--out", str(out), *args], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
+    import yaml
+
+    recorded = yaml.safe_load((out / "config.yaml").read_text())["runtime"]
+    assert recorded["device"] == "cpu" and recorded["precision"] != "auto"  # what "auto" meant, for kdgen cache ls --runs
     again = subprocess.run([sys.executable, "-m", "kdgen", "run", "--resume", "--out", str(out), "runtime.precision=fp32",
                             "runtime.channels_last=false", "runtime.workers=0", "runtime.device=cpu"],
                            capture_output=True, text=True)

@@ -198,9 +198,10 @@ def prepare_run(cfg: Config, data: DataBundle, models: ChainModels, out: Path | 
             raise ConfigError("runtime.parallel=chains needs a run folder (out_dir) to collect the processes' results")
         check_share(min(cfg.train.batch_size, len(data.train)), parallel.batch_share[1])  # as TrainBatches will
         runtime = Runtime.from_config(cfg.runtime, parallel)
-        # config.yaml records what actually runs: the precision and K that "auto" means here.
+        # config.yaml records what actually runs: the device, precision and K that "auto" means here (so that
+        # `kdgen cache ls --runs` on another machine recomputes the keys this run's units were stored under).
         resolved = resolve_k(cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
-            update={"precision": runtime.precision})}), data.num_classes)
+            update={"precision": runtime.precision, "device": runtime.device.type})}), data.num_classes)
         if out is not None and saved is not None:
             differing = config_differences(resolve_k(saved, data.num_classes), resolved)
             if differing:
