@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from kdgen.errors import CheckpointError, WriteError
+from kdgen.errors import CheckpointError, WriteError, read_error
 
 
 def write_error(path: Path, exc: BaseException) -> WriteError:
@@ -73,11 +73,14 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read JSON written by kdgen; anything else is a :class:`CheckpointError` naming the file."""
+    """Read JSON written by kdgen; anything else is a :class:`CheckpointError` naming the file (a file that
+    cannot be read at all: a :class:`~kdgen.errors.ReadError`)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
+    except OSError as exc:  # permissions, a folder of that name, an I/O error
+        raise read_error(path, exc) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
 

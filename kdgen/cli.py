@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, stop: "StopFlag") -> int:
     from kdgen.config import load_config
     from kdgen.running.runner import run_experiment
-    from kdgen.training.parallel import PeerLost
+    from kdgen.training.parallel import PeerLost, leave_if_stranded
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
     if args.resume and args.out is not None and args.config is None:
@@ -172,15 +172,17 @@ def _run(args: argparse.Namespace, stop: "StopFlag") -> int:
         run_experiment(cfg, out, resume=args.resume, unit_cache=cache, stop=stop)
     except (KeyboardInterrupt, PeerLost) as exc:
         _say_how_to_resume(exc, "kdgen run --resume" + (f" --out {out}" if out is not None else ""))
+        leave_if_stranded(1)
         return 1 if isinstance(exc, PeerLost) else 130
     return 0
 
 
 def _say_how_to_resume(exc: BaseException, how: str) -> None:
-    """One line (from rank 0 under torchrun, where every process stops) on how to continue a stopped run."""
+    """One line on how to continue a stopped run: from rank 0 under torchrun, where every process stops; after a
+    lost process from every survivor (rank 0 may be the one lost)."""
     from kdgen.training.parallel import PeerLost
 
-    if _rank() == 0:
+    if _rank() == 0 or isinstance(exc, PeerLost):
         if "RANK" in os.environ:
             how = "the same torchrun command plus --resume"
         what = f"error: {exc}" if isinstance(exc, PeerLost) else "interrupted; the training state is saved"
@@ -214,7 +216,7 @@ def _stop_on_signals() -> tuple["StopFlag", Callable[[], None]]:
 def _sweep(args: argparse.Namespace, stop: "StopFlag") -> int:
     from kdgen.running.sweep import run_sweep
     from kdgen.sweep_plan import make_plan
-    from kdgen.training.parallel import PeerLost
+    from kdgen.training.parallel import PeerLost, leave_if_stranded
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
     plan = make_plan(args.config, args.grid, overrides, args.select, args.reference)
@@ -224,6 +226,7 @@ def _sweep(args: argparse.Namespace, stop: "StopFlag") -> int:
         run_sweep(plan, args.out, resume=args.resume, units=args.units, stop=stop)
     except (KeyboardInterrupt, PeerLost) as exc:
         _say_how_to_resume(exc, "the same command plus --resume")
+        leave_if_stranded(1)
         return 1 if isinstance(exc, PeerLost) else 130
     return 0
 

@@ -253,7 +253,9 @@ class RuntimeConfig(_Strict):
     save_every_s: float = Field(30.0, ge=0.0)
     # With a shared unit cache (--units): a process training a unit renews its claim on it every lease_s / 3
     # seconds; a claim not renewed for lease_s seconds (its process was killed, or its machine lost) is taken over
-    # by a process waiting for the unit (docs/guide/parallel.md, "Sharing a unit cache"). Not part of unit keys.
+    # by a process waiting for the unit (docs/guide/parallel.md, "Sharing a unit cache"). Under torchrun, a process
+    # silent for lease_s seconds (frozen, its machine lost) ends the others' wait for it as a lost process.
+    # Not part of unit keys.
     lease_s: float = Field(60.0, gt=0)
 
     @field_validator("parallel")

@@ -199,6 +199,15 @@ def test_an_unreadable_record_is_named_by_verify(copy, kdgen_cli, monkeypatch):
     assert kdgen_cli("cache", "ls", str(copy / "units")).returncode == 0
 
 
+def test_an_unreadable_record_in_a_run_is_one_warning_and_the_unit_retrained(copy, kdgen_cli, monkeypatch):
+    folder = unit_folder(copy, 0.5, 0)
+    deny(monkeypatch, "read_text", folder / "record.json")
+    result = kdgen_cli("run", "--out", str(copy / "again"), "--units", str(copy / "units"), *TINY, "tolerance.eta=0.5")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and folder.name in warnings[0] and "Permission denied" in warnings[0], warnings
+
+
 def test_prune_on_a_read_only_cache_is_one_line_and_can_be_repeated(copy, kdgen_cli, monkeypatch):
     import errno
 

@@ -185,3 +185,41 @@ def test_a_node_lost_mid_run_then_resume_gives_one_process_rows(tmp_path, refere
     timing = json.loads((run / "timing.json").read_text())
     assert timing["resumed"] and timing["units_trained"] <= UNITS - len(finished), timing
     assert not records.exists() and not (run / "state").exists()
+
+
+def freeze_node(agent: subprocess.Popen) -> list[int]:
+    """A node that hangs (a frozen machine, a cut network): its agent and workers stopped, sockets left open."""
+    groups = [agent.pid, *workers(agent)]
+    for group in groups:
+        os.killpg(group, signal.SIGSTOP)
+    return groups
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc (Linux)")
+def test_a_frozen_node_ends_the_wait_after_the_lease(tmp_path):
+    """SIGSTOP the node that does not host the store once a unit is finished: its sockets stay open, so gloo alone
+    would wait out its 30-day timeout. The survivor finishes its own chains, then finds the frozen process silent
+    on the heartbeat for ``runtime.lease_s`` and ends, non-zero, with its finished units kept."""
+    run = tmp_path / "run"
+    agents = start_nodes("run", "--out", str(run), *TINY, "runtime.parallel=chains", "runtime.lease_s=3")
+    frozen: list[int] = []
+    try:
+        records = run / "records"
+        deadline = time.monotonic() + TIMEOUT
+        while not (records.is_dir() and any(p.suffix == ".json" and not p.name.startswith(".")
+                                            for p in records.iterdir())):
+            assert all(agent.poll() is None for agent in agents), "an agent ended before any unit was finished"
+            assert time.monotonic() < deadline, "no unit finished in time"
+            time.sleep(0.01)
+        frozen = freeze_node(agents[1])
+        _, stderr = agents[0].communicate(timeout=120)
+        assert agents[0].returncode != 0, stderr[-2000:]
+        assert "has not answered for" in stderr and "--resume" in stderr, stderr[-2000:]
+    finally:
+        for group in frozen:
+            try:
+                os.killpg(group, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        stop_all(agents)
+    assert not (run / "timing.json").exists(), "the node was frozen after the run had finished: nothing tested"

@@ -243,6 +243,28 @@ kdgen.train_generations(make, data, cfg, out_dir=sys.argv[1])
 """
 
 
+def test_heartbeat_tells_a_silent_process_from_a_live_one():
+    """Two processes' heartbeats through one store: while both beat, none is silent; once one stops (as SIGSTOP or
+    a lost machine would stop it), the other names it after the lease, and not before."""
+    store = dist.HashStore()
+    lease = 0.6
+    beats = [parallel.Heartbeat(store, rank, 2, lease, ["node-a", "node-b"]) for rank in (0, 1)]
+    try:
+        time.sleep(lease * 1.5)
+        assert beats[0].silent() is None and beats[1].silent() is None
+        beats[1].stop()
+        stopped = time.monotonic()
+        while beats[0].silent() is None:
+            assert time.monotonic() - stopped < lease * 5, "a stopped process was never found silent"
+            time.sleep(0.02)
+        assert time.monotonic() - stopped >= lease * 0.8  # not before the lease (its last beat may be lease/6 old)
+        assert "process 1 on node-b has not answered for" in beats[0].silent()
+        assert parallel.is_peer_lost(parallel.PeerSilent(beats[0].silent()))
+    finally:
+        for beat in beats:
+            beat.stop()
+
+
 @pytest.mark.slow
 def test_python_api_under_torchrun_chains_equals_one_process(tmp_path):
     script = tmp_path / "api.py"
@@ -333,6 +355,7 @@ def test_only_data_mode_joins_over_nccl_on_gpus(monkeypatch, mode, backend):
     monkeypatch.setattr(dist, "init_process_group", lambda backend, device_id=None: joined.update(
         backend=backend, device_id=device_id))
     monkeypatch.setattr(dist, "new_group", lambda **kwargs: None)
+    monkeypatch.setattr(parallel, "_start_heartbeat", lambda *args: None)
     parallel.start(mode, "auto")
     assert joined["backend"] == backend
     assert (joined["device_id"] is None) == (backend == "gloo")

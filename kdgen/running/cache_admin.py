@@ -153,14 +153,14 @@ def scan(root: Path) -> list[UnitEntry]:
 def check_unit_record(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     """The record of a unit folder without hashing its checkpoint (``(None, cause)`` if unreadable)."""
     from kdgen.checkpoint import read_json
-    from kdgen.errors import CheckpointError
+    from kdgen.errors import CheckpointError, ReadError
 
     try:
         record = read_json(folder / RECORD_FILE)
+    except ReadError as exc:  # no permission, an I/O error: listed as unreadable, not a traceback
+        return None, f"{folder / RECORD_FILE}: cannot be read ({exc.reason})"
     except CheckpointError as exc:
         return None, str(exc)
-    except OSError as exc:  # no permission, an I/O error: listed as unreadable, not a traceback
-        return None, f"{folder / RECORD_FILE}: cannot be read ({os_reason(exc)})"
     return (record, None) if isinstance(record, dict) else (None, "not a record")
 
 

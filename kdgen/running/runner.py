@@ -31,7 +31,7 @@ from kdgen.running.run_folder import (RunFolder, check_new_out_dir, make_out_dir
 from kdgen.running.unit_cache import UnitCache
 from kdgen.training.batches import check_share
 from kdgen.training.loop import StopFlag, TrainingInterrupted
-from kdgen.training.parallel import ParallelMode, PeerLost, is_peer_lost, peer_failure_summary
+from kdgen.training.parallel import ParallelMode, PeerLost, PeerSilent, is_peer_lost, peer_failure_summary
 from kdgen.training.runtime import Runtime
 
 # Settings that do not change what is computed: they may differ when resuming.
@@ -44,7 +44,8 @@ def start_parallel(runtime_cfg: Any, mode: str | None = None) -> ParallelMode:
     """This process's ``runtime.parallel`` mode (or ``mode``), joined with the others torchrun started."""
     from kdgen.training import parallel
 
-    return parallel.start(mode or runtime_cfg.parallel, runtime_cfg.device, sync_batchnorm=runtime_cfg.sync_batchnorm)
+    return parallel.start(mode or runtime_cfg.parallel, runtime_cfg.device, sync_batchnorm=runtime_cfg.sync_batchnorm,
+                          lease_s=runtime_cfg.lease_s)
 
 
 def check_against_data(cfg: Config, data: DataBundle, data_name: str, models: ChainModels) -> list[Profile]:
@@ -290,8 +291,8 @@ def _run_pipeline(cfg: Config, data: DataBundle, models: ChainModels, out: Path 
 
 def lost_peer(exc: BaseException) -> PeerLost:
     """The one-line error of a run that lost another process (its finished units and states are kept)."""
-    return PeerLost(f"lost contact with another process ({peer_failure_summary(exc)}); every finished "
-                    "unit and the last saved training states are kept")
+    what = str(exc) if isinstance(exc, PeerSilent) else f"lost contact with another process ({peer_failure_summary(exc)})"
+    return PeerLost(f"{what}; every finished unit and the last saved training states are kept")
 
 
 def run_experiment(cfg: Config, out: Path | None = None, *, resume: bool = False, echo: bool = True,

@@ -64,7 +64,7 @@ import torch
 from kdgen import arms
 from kdgen.checkpoint import link, read_json, write_json
 from kdgen.config import Config
-from kdgen.errors import CheckpointError
+from kdgen.errors import CheckpointError, ReadError
 from kdgen.folders import Row
 from kdgen.training.loop import REVISION as train_revision
 from kdgen.training.runtime import resolve_precision
@@ -189,6 +189,8 @@ def check_unit(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     folder = Path(folder)
     try:
         record = read_json(folder / RECORD_FILE)
+    except ReadError as exc:
+        return None, f"{RECORD_FILE} is unreadable ({exc.reason})"
     except CheckpointError:
         return None, f"{RECORD_FILE} is missing or not valid JSON"
     if not isinstance(record, dict) or not isinstance(record.get("rows"), list):

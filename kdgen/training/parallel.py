@@ -15,13 +15,19 @@ registered mode that decides what each process does:
 
 Decisions (did any rank fail a check? stop now? is everyone done?) travel over a separate gloo
 group with a long timeout: on GPUs they never synchronise the device, and a process that finishes
-its chains early can wait for the others for hours, still answering SIGTERM.
+its chains early can wait for the others for hours, still answering SIGTERM. While it waits, a
+heartbeat through torchrun's store tells a slow process from a frozen one or a lost machine (whose
+sockets stay open, so gloo alone would wait out the timeout): one silent for ``runtime.lease_s``
+seconds ends the wait as a lost process.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,10 +53,14 @@ class PeerLost(Exception):
     """A collective failed because another process is gone (killed, out of memory, a lost node)."""
 
 
+class PeerSilent(RuntimeError):
+    """Another process stopped answering the heartbeat (frozen, or its machine lost) while this one waited."""
+
+
 def is_peer_lost(exc: BaseException) -> bool:
     """Whether ``exc`` is a torch.distributed failure to reach another process (gloo raises plain
-    RuntimeErrors naming its transport; NCCL and the c10d store raise ``DistError``s)."""
-    if isinstance(exc, getattr(dist, "DistError", ())):
+    RuntimeErrors naming its transport; NCCL and the c10d store raise ``DistError``s), or a silent one."""
+    if isinstance(exc, (PeerSilent, getattr(dist, "DistError", ()))):
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and "gloo" in text and ("peer" in text or "Connection" in text)
@@ -60,6 +70,62 @@ def peer_failure_summary(exc: BaseException) -> str:
     """The first sentence of a transport error, without its source location: "Connection closed by peer ..."."""
     text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return text.split(". ")[0][:160]
+
+
+class Heartbeat:
+    """Every process bumps its counter in torchrun's store every ``lease_s / 6`` seconds and reads the others'.
+
+    A process whose counter has not moved for ``lease_s`` seconds of *this* process's clock (counters, not
+    timestamps: the machines' clocks need not agree) is silent: SIGSTOP, a hung machine, a lost network. A store
+    that stops answering (the machine hosting it is gone) makes every other process silent, which is as true.
+    The thread is a daemon: a store call that never returns cannot keep the process from exiting.
+    """
+
+    def __init__(self, store: "dist.Store", rank: int, world_size: int, lease_s: float,
+                 hosts: list[str] | None = None) -> None:
+        self.store, self.rank, self.lease_s = store, rank, lease_s
+        self.hosts = hosts or ["?"] * world_size
+        self.others = [r for r in range(world_size) if r != rank]
+        now = time.monotonic()
+        self.seen = {r: now for r in self.others}  # when each counter last moved, on this clock
+        self.counts: dict[int, int] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="kdgen-heartbeat")
+        self.thread.start()
+
+    @staticmethod
+    def _key(rank: int) -> str:
+        return f"kdgen/heartbeat/{rank}"
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.store.add(self._key(self.rank), 1)
+                for other in self.others:
+                    count = self.store.add(self._key(other), 0)
+                    if count != self.counts.get(other):
+                        self.counts[other], self.seen[other] = count, time.monotonic()
+            except Exception:  # noqa: BLE001 - the store is gone or failing: the counters stop moving, which says so
+                pass
+            if self.done.wait(self.lease_s / 6):
+                return
+
+    def silent(self) -> str | None:
+        """The first process silent for ``lease_s`` seconds, in words; None while all answer."""
+        now = time.monotonic()
+        for other in self.others:
+            quiet = now - self.seen[other]
+            if quiet >= self.lease_s:
+                return (f"process {other} on {self.hosts[other]} has not answered for {quiet:.0f} s (frozen, or its "
+                        f"machine lost; a slow process is given runtime.lease_s={self.lease_s:g} s)")
+        return None
+
+    def stop(self) -> None:
+        self.done.set()
+
+
+_heartbeat: Heartbeat | None = None  # one per process, for as long as its process group lives
+_abandoned: list[object] = []  # collectives a silent process will never complete (see wait_for_all)
 
 
 @dataclass(frozen=True)
@@ -172,7 +238,11 @@ class ParallelMode:
         return list(values)
 
     def close(self) -> None:
+        global _heartbeat
         if self.owns_group and dist.is_initialized():
+            if _heartbeat is not None:
+                _heartbeat.stop()
+                _heartbeat = None
             dist.destroy_process_group()
 
 
@@ -222,6 +292,12 @@ class _Shared(ParallelMode):
         while not work.is_completed():
             if stop_requested():
                 return False
+            silent = _heartbeat.silent() if _heartbeat is not None else None
+            if silent is not None:
+                # Freeing a collective that can never complete, or its group, blocks (gloo joins the thread that
+                # waits in it): both are kept for good, and the command line ends with os._exit.
+                _abandoned.extend([work, self.control])
+                raise PeerSilent(silent)
             time.sleep(0.05)
         work.wait()
         return True
@@ -357,8 +433,11 @@ def gpu_for(mode: str, place: Place, gpus: int) -> int:
     return place.local_rank % gpus
 
 
-def start(mode: str, device_name: str = "auto", *, sync_batchnorm: bool = True) -> ParallelMode:
+def start(mode: str, device_name: str = "auto", *, sync_batchnorm: bool = True, lease_s: float = 60.0) -> ParallelMode:
     """Join the processes torchrun started (if any) and return this process's ``runtime.parallel`` mode.
+
+    ``lease_s``: how long another process may be silent (see :class:`Heartbeat`) before a process waiting for it
+    takes it as lost.
 
     Under torchrun with more than one process, ``none`` is refused (every process would train the
     whole run into the same folder). A parallel mode without torchrun runs as one process.
@@ -386,6 +465,31 @@ def start(mode: str, device_name: str = "auto", *, sync_batchnorm: bool = True) 
             dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
             owns = True
         control = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+        _start_heartbeat(place, control, lease_s)
     instance = MODES[mode](place, control, device=device, sync_batchnorm=sync_batchnorm)
     instance.owns_group = owns
     return instance
+
+
+def leave_if_stranded(code: int) -> None:
+    """End this process now (``os._exit(code)``) if it left a collective with a silent process (see
+    :meth:`_Shared.wait_for_all`): a normal exit frees that group, and gloo would wait for the frozen peer forever."""
+    if _abandoned:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _start_heartbeat(place: Place, control: dist.ProcessGroup, lease_s: float) -> None:
+    """This process's :class:`Heartbeat`, once per process group (torchrun's store; none without one)."""
+    global _heartbeat
+    hosts: list[object] = [None] * place.world_size
+    dist.all_gather_object(hosts, socket.gethostname(), group=control)
+    if _heartbeat is not None:
+        _heartbeat.lease_s = lease_s
+        return
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):  # no store to beat through: waits rely on gloo's timeout
+        return
+    _heartbeat = Heartbeat(store, place.rank, place.world_size, lease_s, [str(h) for h in hosts])
