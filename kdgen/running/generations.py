@@ -236,7 +236,11 @@ class GenerationsRunner:
         bar = self.progress(chains) if own else bar
         rows: list[Row] = []
         try:
-            for seed, arm in chains:
+            pending = list(chains)
+            while pending:
+                # A chain whose next unit another process is training goes last: train the others meanwhile.
+                index = next((i for i, (seed, arm) in enumerate(pending) if not self.waits_on_another(seed, arm)), 0)
+                seed, arm = pending.pop(index)
                 rows.extend(self.run_arm(arm, seed, bar))
         finally:
             if self.claims is not None:
@@ -244,6 +248,14 @@ class GenerationsRunner:
             if own:
                 bar.close()
         return rows
+
+    def waits_on_another(self, seed: int, arm: str) -> bool:
+        """Whether the first unit of the chain still to train is claimed by another process (sharing the unit
+        cache), so that starting this chain now would wait. Data mode never reorders (its processes move together)."""
+        if self.claims is None or self.folder is None or self.runtime.parallel.splits_batches:
+            return False
+        todo = self.units_to_train(seed, arm)
+        return bool(todo) and self.claims.claimed_elsewhere(todo[0])
 
     def chain(self, seed: int, arm: str) -> list[Unit]:
         return [Unit(arm, seed, g) for g in range(self.cfg.generations.count + 1)]

@@ -133,7 +133,12 @@ def _run_spread(plan: SweepPlan, out: Path, cache: UnitCache, parallel: Parallel
     try:
         try:
             with _bar(todo, work, mine, parallel) as bar:  # type: ignore[arg-type]
-                for i in mine:
+                pending = list(mine)
+                while pending:
+                    # A chain whose next unit another job is training goes last: train the others meanwhile.
+                    i = next((i for i in pending if not todo[work[i][0]].runner.waits_on_another(  # type: ignore[index]
+                        work[i][1], work[i][2])), pending[0])  # type: ignore[index]
+                    pending.remove(i)
                     point, seed, arm, _ = work[i]  # type: ignore[index]
                     todo[point].runner.run_chains([(seed, arm)], bar)
             if not parallel.wait_for_all(lambda: stop is not None and stop.requested):

@@ -152,6 +152,10 @@ class Claims:
         claim = self.path(unit)
         return claim.with_name(claim.name[: -len(".claim")] + ".state.safetensors")
 
+    def claimed_elsewhere(self, unit) -> bool:
+        """Whether another process holds a claim on ``unit`` now (stale or not: :meth:`acquire` judges that)."""
+        return unit.name not in self.held and self.path(unit).exists()
+
     def acquire(self, unit, bar: tqdm | None = None) -> CachedUnit | None:
         """Claim ``unit`` (None: this process trains it), or wait until another process put it in the cache
         (that unit is returned) or its claim went stale (taken over: None)."""
