@@ -9,16 +9,18 @@ from __future__ import annotations
 import difflib
 import sys
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_serializer,
-                      model_validator)
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from kdgen import arms as arm_registry
 from kdgen import plugins
+from kdgen.data.settings import AugmentConfig, DataConfig  # noqa: F401 - composed here, and named as kdgen.config's
 from kdgen.errors import ConfigError
 from kdgen.methods import METHODS as DISTILL_METHODS
+from kdgen.settings import Settings
+from kdgen.training.settings import RuntimeConfig, TrainConfig  # noqa: F401 - composed here
 from kdgen.tolerance import METHODS
 
 plugins.load()  # plug-ins register their arms, methods and sources before the config's sections are built
@@ -29,102 +31,13 @@ MOVED_TO_RUNTIME = {"train": ("device", "precision", "compile", "channels_last")
 _warned: set[str] = set()  # the recipe warnings this process has printed (one line each)
 
 
-class _Strict(BaseModel):
-    # extra="forbid" turns a misspelt key into an error instead of a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    # Keys added after runs were recorded: left out while unset, so config.yaml and unit keys read as before they existed.
-    omitted_when_unset: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _omit_unset(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        for key in self.omitted_when_unset:
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
-
-
-class AugmentConfig(_Strict):
-    """Training augmentation; ``None`` keeps the data source's recommendation."""
-
-    # Random shift of up to this many pixels (zero-padded), drawn per image in the batch.
-    translate: int | None = Field(None, ge=0, le=64)
-    # Random horizontal flips (off for digits and other data where a flip changes the class).
-    hflip: bool | None = None
-
-
-class DataConfig(_Strict):
-    """Which data, and how it is split: the val split (held out of the training split) makes every choice."""
-
-    omitted_when_unset = ("classes", "image_column", "label_column", "val_split")
-
-    # A registered data source (`kdgen sources`): digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, hf...
-    name: str = "digits"
-    # Where its files are, for sources that read files (each has a default, e.g. Debian's Fashion-MNIST).
-    root: str | None = None
-    # Share of the training split held out as val, stratified; the test split is never used for a choice.
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    # Seed of the train/val split and of the train_per_class subset (the same for every run seed and arm).
-    split_seed: int = 0
-    # A fixed stratified subset of N training images per class (after the val split), the same for
-    # every seed and arm: the data-limited regime where self-distillation pays. None: all of them.
-    train_per_class: int | None = Field(None, ge=1)
-    # Only these classes (the source's class indices), relabelled 0..n-1 in this order: e.g. models trained on
-    # Fashion-MNIST's classes 0-4 and probed on 5-9 (kdgen transfer's held-out-classes protocol). None: all.
-    classes: list[int] | None = None
-    # Training augmentation (translate, hflip), done in batch on the device.
-    augment: AugmentConfig = AugmentConfig()
-    # Decode image folders on the fly (DataLoader workers) instead of keeping them resident;
-    # None decides by size (see kdgen.data.imagefolder).
-    stream: bool | None = None
-    # synthetic data only
-    num_train: int = Field(512, ge=2)
-    num_test: int = Field(128, ge=1)
-    image_size: int = Field(32, ge=4, le=1024)
-    channels: int = Field(3, ge=1, le=16)
-    num_classes: int = Field(10, ge=2)
-    # image folders: training crop and evaluation resize/crop sizes
-    train_crop: int = Field(224, ge=8)
-    eval_resize: int = Field(256, ge=8)
-    eval_crop: int = Field(224, ge=8)
-    # hf only: the column of images; None: the one column whose feature is datasets.Image.
-    image_column: str | None = Field(None, min_length=1)
-    # hf only: the column of integer class ids; None: the one column whose feature is datasets.ClassLabel.
-    label_column: str | None = Field(None, min_length=1)
-    # hf only: the dataset's own split of this name (e.g. validation) is val, instead of val_fraction of train.
-    val_split: str | None = Field(None, min_length=1)
-
-    @model_validator(mode="after")
-    def _hf_keys_only_for_hf(self) -> "DataConfig":
-        given = [key for key in ("image_column", "label_column", "val_split") if getattr(self, key) is not None]
-        if given and self.name != "hf":
-            raise ValueError(f"data.{given[0]} is for data.name=hf (a Hugging Face dataset), not {self.name!r}")
-        return self
-
-    @field_validator("classes")
-    @classmethod
-    def _class_list(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (len(value) < 2 or len(set(value)) != len(value) or min(value) < 0):
-            raise ValueError("give at least two different class indices, each >= 0")
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        from kdgen.data import names
-
-        if value not in names():
-            raise ValueError(f"unknown data source {value!r}; choose one of {', '.join(names())}")
-        return value
-
-
 def _known_model(value: str) -> str:
     from kdgen.models import check_name
 
     return check_name(value)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Settings):
     """The architecture of every generation of every arm (unless ``generations.models`` names one per generation)."""
 
     omitted_when_unset = ("kwargs", "pretrained")
@@ -144,39 +57,7 @@ class ModelConfig(_Strict):
         return _known_model(value)
 
 
-class TrainConfig(_Strict):
-    """The per-generation recipe: every generation (and every baseline model) uses it afresh."""
-
-    # 8 epochs x 2 students keep the default digits run well under a minute on a 2-core AVX2 CPU in fp32
-    # (docs/guide/getting-started.md, "The default run"); recipes set their own.
-    epochs: int = Field(8, ge=1)
-    # Images per optimizer step (full batches only; under data mode, split over the processes).
-    batch_size: int = Field(128, ge=1)
-    # SGD's peak learning rate, momentum and Nesterov momentum.
-    lr: float = Field(0.1, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    # L2 decay of weights (not of BatchNorm parameters or biases).
-    weight_decay: float = Field(5e-4, ge=0.0)
-    # Learning-rate schedule per step: cosine to zero, step decay (×gamma at each milestone), or constant.
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    # step schedule: where the rate drops, as fractions of the epochs, and by what factor.
-    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
-    # Linear warm-up from zero over this many epochs (fractions allowed).
-    warmup_epochs: float = Field(0.0, ge=0.0)
-    # Images per forward pass when evaluating (no effect on results).
-    eval_batch_size: int = Field(1024, ge=1)
-
-    @field_validator("milestones")
-    @classmethod
-    def _fractions(cls, value: list[float]) -> list[float]:
-        if any(not 0.0 < m < 1.0 for m in value) or value != sorted(value):
-            raise ValueError("milestones are increasing fractions of the epochs, each in (0, 1)")
-        return value
-
-
-class GenerationsConfig(_Strict):
+class GenerationsConfig(Settings):
     """How many generations, for which arms, and each generation's model."""
 
     omitted_when_unset = ("models",)
@@ -220,61 +101,13 @@ class GenerationsConfig(_Strict):
 ToleranceConfig = Annotated[Union[tuple(METHODS.values())], Field(discriminator="method")]
 
 
-class RuntimeConfig(_Strict):
-    """How a run executes, not what it computes: may differ on ``--resume`` (e.g. moved to a GPU)."""
-
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16
-    # or AMX), else fp32. Measured on the digits default: 2x faster, accuracy within seed noise
-    # (docs/guide/speed.md). An explicit bf16 on a CPU without native bf16 is warned about: it is emulated there.
-    # fp16: float16 autocast with a gradient scaler (GPUs without bf16); never chosen by auto.
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # NHWC activations: oneDNN and cuDNN convolutions are faster in this layout (1.5x measured on
-    # the 2-core CPU for the small CNN, more with bf16).
-    channels_last: bool = True
-    # torch.compile for the student and the (BatchNorm-folded) teacher. Off by default: on the 2-core
-    # CPU it pays only for runs long enough to amortise the first compile (docs/performance.md).
-    compile: bool = False
-    # DataLoader workers for streamed image folders and streamed evaluation.
-    workers: int = Field(4, ge=0, le=64)
-    # Under torchrun: "chains" spreads whole (seed, arm) chains over the processes, "data" trains each
-    # model on all of them (DistributedDataParallel). See kdgen.training.parallel and docs/guide/parallel.md.
-    parallel: str = "none"
-    # data mode: BatchNorm statistics over the whole global batch (as one process computes them).
-    sync_batchnorm: bool = True
-    # Reproducible kernels where PyTorch has them (cuDNN deterministic, no autotuning, deterministic
-    # algorithms, warn where an op has none): equal results run to run on one GPU, at some speed (docs/guide/parallel.md,
-    # "On GPUs"). CPU runs are deterministic either way. Off: cuDNN picks the fastest kernels.
-    deterministic: bool = False
-    # An unfinished unit's training state is saved after an epoch once this many seconds have passed since the
-    # last save (0: after every epoch), and always on a stop (SIGTERM, Ctrl-C): saving (a copy of the whole
-    # state to the host, fsynced) then costs a bounded share of the time on any device. A SIGKILL loses at most
-    # this much training; --resume gives the same results either way.
-    save_every_s: float = Field(30.0, ge=0.0)
-    # With a shared unit cache (--units): a process training a unit renews its claim on it every lease_s / 3
-    # seconds; a claim not renewed for lease_s seconds (its process was killed, or its machine lost) is taken over
-    # by a process waiting for the unit (docs/guide/parallel.md, "Sharing a unit cache"). Under torchrun, a process
-    # silent for lease_s seconds (frozen, its machine lost) ends the others' wait for it as a lost process.
-    # Not part of unit keys.
-    lease_s: float = Field(60.0, gt=0)
-
-    @field_validator("parallel")
-    @classmethod
-    def _known_mode(cls, value: str) -> str:
-        from kdgen.training import parallel
-
-        if value not in parallel.names():
-            raise ValueError(f"unknown mode {value!r}; choose from {', '.join(parallel.names())}")
-        return value
-
-
 # ``distill:`` is one of the registered student methods (kdgen.methods), told apart by ``method`` (default kd).
 DistillConfig = Annotated[Union[tuple(DISTILL_METHODS.values())], Field(discriminator="method")]
 # Discriminated sections: {section: (registry, default method)}.
 TAGGED_SECTIONS = {"tolerance": (METHODS, "tsd"), "distill": (DISTILL_METHODS, "kd")}
 
 
-class LogConfig(_Strict):
+class LogConfig(Settings):
     """What a run shows while it runs, and where it is recorded besides the run folder."""
 
     omitted_when_unset = ("mlflow_uri", "mlflow_experiment")
@@ -293,7 +126,7 @@ class LogConfig(_Strict):
     mlflow_experiment: str | None = None
 
 
-class _ConfigBase(_Strict):
+class _ConfigBase(Settings):
     """The whole experiment. ``kdgen run`` with no config uses these defaults.
 
     Arms with settings of their own (kdgen.arms) add a section each, e.g. ``snapshot``.

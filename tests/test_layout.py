@@ -12,7 +12,7 @@ PACKAGE = Path(kdgen.__file__).parent
 FOLDERS = ("training", "running", "reporting", "arms", "methods", "tolerance", "data", "models")
 # What each layer may not import at run time: lower layers never reach up.
 FORBIDDEN = {
-    "training": {"running", "reporting", "arms", "cli", "api"},
+    "training": {"running", "reporting", "arms", "config", "cli", "api"},
     "reporting": {"training", "running", "cli", "api"},
     "methods": {"training", "running", "reporting", "arms", "config", "cli", "api"},
     "tolerance": {"training", "running", "reporting", "arms", "config", "cli", "api"},
@@ -105,3 +105,14 @@ def test_every_folder_says_what_it_is_for(folder):
     init = PACKAGE / folder / "__init__.py"
     docstring = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
     assert docstring and len(docstring) > 80, f"kdgen/{folder}/__init__.py needs a docstring saying what it holds"
+
+
+@pytest.mark.parametrize("family", ["data", "training"])
+def test_families_own_their_settings_and_never_reach_for_the_config(family):
+    """DataConfig lives in kdgen.data.settings, TrainConfig and RuntimeConfig in kdgen.training.settings; these
+    layers import them there, never kdgen.config, not even for type annotations (the config composes the sections;
+    the families do not look back at it)."""
+    for path in (PACKAGE / family).glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "kdgen.config" not in imported, f"kdgen/{family}/{path.name} imports kdgen.config"

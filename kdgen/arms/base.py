@@ -16,9 +16,10 @@ from pydantic import BaseModel
 
 from kdgen.tolerance import ToleranceTerm
 from kdgen.training.objective import GenerationObjective
+from kdgen.training.settings import TrainConfig
 
-if TYPE_CHECKING:  # the config imports this package: no import cycle at run time
-    from kdgen.config import Config, TrainConfig
+if TYPE_CHECKING:  # an arm is bound to the whole config, which composes the arms' sections: annotations only
+    from kdgen.config import Config
 
 _REGISTRY: dict[str, type["Arm"]] = {}
 
@@ -50,7 +51,7 @@ class Arm:
         """The loss of ``generation``."""
         raise NotImplementedError
 
-    def recipe(self, generation: int) -> "TrainConfig":
+    def recipe(self, generation: int) -> TrainConfig:
         """The training recipe of ``generation`` (a new optimizer and schedule are built from it)."""
         return self.cfg.train
 

@@ -17,7 +17,7 @@ every cycle), as the tolerant arm does to its patriarch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,9 +25,7 @@ from kdgen.arms.base import Arm, register
 from kdgen.errors import ConfigError
 from kdgen.methods.kd import KDSettings
 from kdgen.training.objective import GenerationObjective
-
-if TYPE_CHECKING:
-    from kdgen.config import TrainConfig
+from kdgen.training.settings import TrainConfig
 
 
 class SnapshotSettings(BaseModel):
@@ -68,7 +66,7 @@ class Snapshot(Arm):
                               f"{self.cfg.generations.count + 1} cycles leaves no epoch per cycle; "
                               f"set snapshot.cycle_epochs")
 
-    def recipe(self, generation: int) -> "TrainConfig":
+    def recipe(self, generation: int) -> TrainConfig:
         warmup = self.cfg.train.warmup_epochs if generation == 0 else 0.0
         return self.cfg.train.model_copy(update={"epochs": self.cycle_epochs, "warmup_epochs": warmup})
 

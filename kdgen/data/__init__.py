@@ -6,23 +6,22 @@ A source is a function ``load(cfg: DataConfig) -> SourceData`` registered under 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from kdgen import plugins
 from kdgen.data.base import AugmentSpec, DataBundle, SourceData, Split, make_bundle, select_classes
+from kdgen.data.settings import DataConfig
 
-if TYPE_CHECKING:
-    from kdgen.config import DataConfig
 
-_SOURCES: dict[str, Callable[["DataConfig"], SourceData]] = {}
+_SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {}
 # Every module of this package registers its sources when imported; they are imported on first use of
 # the registry (with plug-ins' sources: kdgen.plugins), so `import kdgen` stays light and `names()` is complete.
 
 
-def register(name: str) -> Callable[[Callable[["DataConfig"], SourceData]], Callable[["DataConfig"], SourceData]]:
+def register(name: str) -> Callable[[Callable[[DataConfig], SourceData]], Callable[[DataConfig], SourceData]]:
     """Decorator: register a loader ``cfg -> SourceData`` under ``name``."""
 
-    def wrap(loader: Callable[["DataConfig"], SourceData]) -> Callable[["DataConfig"], SourceData]:
+    def wrap(loader: Callable[[DataConfig], SourceData]) -> Callable[[DataConfig], SourceData]:
         if name in _SOURCES and _SOURCES[name] is not loader:
             raise ValueError(f"data source {name!r} is registered twice")
         _SOURCES[name] = loader
@@ -42,7 +41,7 @@ def names() -> list[str]:
     return sorted(_SOURCES)
 
 
-def load_source(cfg: "DataConfig") -> SourceData:
+def load_source(cfg: DataConfig) -> SourceData:
     """Run the loader registered as ``cfg.name``."""
     _import_sources()
     source = _SOURCES[cfg.name](cfg)
@@ -50,7 +49,7 @@ def load_source(cfg: "DataConfig") -> SourceData:
     return source
 
 
-def load_bundle(cfg: "DataConfig") -> DataBundle:
+def load_bundle(cfg: DataConfig) -> DataBundle:
     """Load the source named in ``cfg``, split off validation data, and apply augmentation overrides."""
     source = load_source(cfg)
     if cfg.classes is not None:

@@ -295,5 +295,5 @@ def train_sample(train: AnySplit, size: int, seed: int) -> AnySplit:
     return train.for_eval() if isinstance(train, StreamingSplit) else train
 
 
-# A loader takes the data config (kdgen.config.DataConfig) and returns SourceData.
+# A loader takes the data config (kdgen.data.settings.DataConfig) and returns SourceData.
 SourceLoader = Callable[..., SourceData]

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from kdgen.data import register
 from kdgen.data.base import AugmentSpec, SourceData, Split, stratified_val_split
+from kdgen.data.settings import DataConfig
 
-if TYPE_CHECKING:
-    from kdgen.config import DataConfig
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SPLIT_SEED = 12345  # fixed forever: the test split must never move
 
 
 @register("digits")
-def load_digits(cfg: "DataConfig") -> SourceData:
+def load_digits(cfg: DataConfig) -> SourceData:
     """The 1,797 8x8 handwritten digits that ship with scikit-learn (values 0..16, scaled to 0..255).
 
     Digits has no official test split, so a stratified 20 % is held out with a fixed seed.
@@ -39,7 +37,7 @@ def load_digits(cfg: "DataConfig") -> SourceData:
 
 
 @register("synthetic")
-def load_synthetic(cfg: "DataConfig") -> SourceData:
+def load_synthetic(cfg: DataConfig) -> SourceData:
     """Random images of the configured shape, for tests and throughput benchmarks.
 
     Each class has its own mean image plus noise, so a model can learn something and accuracy

@@ -14,7 +14,7 @@ import pickle
 import tarfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,9 +22,8 @@ import torch
 from kdgen.data import register
 from kdgen.data.base import AugmentSpec, SourceData, Split
 from kdgen.errors import DataError
+from kdgen.data.settings import DataConfig
 
-if TYPE_CHECKING:
-    from kdgen.config import DataConfig
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -327,12 +326,12 @@ def _coarse_groups(blob: bytes, where: str) -> list[list[int]] | None:
 
 
 @register("cifar10")
-def load_cifar10_source(cfg: "DataConfig") -> SourceData:
+def load_cifar10_source(cfg: DataConfig) -> SourceData:
     """CIFAR-10 from ``data.root``; augmentation 4-pixel translation and horizontal flips."""
     return load_cifar10(cfg.root)
 
 
 @register("cifar100")
-def load_cifar100_source(cfg: "DataConfig") -> SourceData:
+def load_cifar100_source(cfg: DataConfig) -> SourceData:
     """CIFAR-100 with its 100 fine labels from ``data.root`` (coarse labels: :func:`load_cifar100`)."""
     return load_cifar100(cfg.root, "fine")

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,9 +35,8 @@ from PIL import Image
 from kdgen.data import register
 from kdgen.data.base import AugmentSpec, SourceData, Split
 from kdgen.errors import DataError
+from kdgen.data.settings import DataConfig
 
-if TYPE_CHECKING:
-    from kdgen.config import DataConfig
 
 # A Hub id: "name" or "owner/name" (letters, digits, "-", "_", "."), as the Hub allows them.
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -322,7 +321,7 @@ def stack_images(arrays_by_role: dict[str, list[np.ndarray]], where: str) -> dic
 
 
 @register("hf")
-def load_hf(cfg: "DataConfig") -> SourceData:
+def load_hf(cfg: DataConfig) -> SourceData:
     """A Hugging Face dataset from ``data.root``: a save_to_disk folder, a folder of Parquet/Arrow files, or a
     Hub id already in the local cache (never downloaded here); the ``[hf]`` extra.
 
@@ -338,7 +337,7 @@ def load_hf(cfg: "DataConfig") -> SourceData:
         return _load(datasets, cfg)
 
 
-def _load(datasets: ModuleType, cfg: "DataConfig") -> SourceData:
+def _load(datasets: ModuleType, cfg: DataConfig) -> SourceData:
     """:func:`load_hf` with the Hub switched off."""
     if cfg.root is None:
         raise DataError("data source hf needs data.root: a folder written by save_to_disk, a folder of "

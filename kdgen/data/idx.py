@@ -11,7 +11,6 @@ import gzip
 import math
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,9 +18,8 @@ import torch
 from kdgen.data import register
 from kdgen.data.base import AugmentSpec, SourceData, Split
 from kdgen.errors import DataError
+from kdgen.data.settings import DataConfig
 
-if TYPE_CHECKING:
-    from kdgen.config import DataConfig
 
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_UBYTE = 0x08
@@ -123,7 +121,7 @@ def load_idx_dataset(root: str | Path, class_names: list[str], augment: AugmentS
 
 
 @register("fashion-mnist")
-def load_fashion_mnist(cfg: "DataConfig") -> SourceData:
+def load_fashion_mnist(cfg: DataConfig) -> SourceData:
     """Fashion-MNIST: 60,000 + 10,000 28x28 grey images of 10 clothing classes.
 
     Read from ``data.root`` or, when unset, from the Debian package's folder. Augmentation:
@@ -136,7 +134,7 @@ def load_fashion_mnist(cfg: "DataConfig") -> SourceData:
 
 
 @register("mnist")
-def load_mnist(cfg: "DataConfig") -> SourceData:
+def load_mnist(cfg: DataConfig) -> SourceData:
     """MNIST handwritten digits from the four IDX files in ``data.root``.
 
     Augmentation: 2-pixel translation, no flips (a mirrored digit is another symbol).

@@ -12,7 +12,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,9 +22,8 @@ from torch.utils.data import Dataset
 from kdgen.data import register
 from kdgen.data.base import AugmentSpec, SourceData, Split, StreamingSplit
 from kdgen.errors import ConfigError, DataError
+from kdgen.data.settings import DataConfig
 
-if TYPE_CHECKING:
-    from kdgen.config import DataConfig
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 # Pillow signals undecodable files in several ways; all of them mean "this file is bad".
@@ -153,7 +152,7 @@ class ImageFolderDataset(Dataset):
         self.eval_crop = eval_crop
 
     @classmethod
-    def from_config(cls, cfg: "DataConfig", split: str, train: bool,
+    def from_config(cls, cfg: DataConfig, split: str, train: bool,
                     class_names: Sequence[str] | None = None) -> "ImageFolderDataset":
         """The dataset over ``cfg.root/<split>``, with crop sizes from the data config."""
         if cfg.root is None:
@@ -214,7 +213,7 @@ class _DatasetMaker:
 
 
 @register("imagefolder")
-def load_imagefolder(cfg: "DataConfig") -> SourceData:
+def load_imagefolder(cfg: DataConfig) -> SourceData:
     """Images of ``root/train`` (training) and ``root/val`` (the test split), ImageNet layout.
 
     Small folders are decoded once (resize to ``data.eval_resize``, centre crop ``data.eval_crop``)

@@ -30,20 +30,18 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from torch import nn
 
 from kdgen.checkpoint import read_json, write_json
-from kdgen.config import DataConfig, apply_overrides, format_validation_error
+from kdgen.config import apply_overrides, format_validation_error
+from kdgen.data.settings import DataConfig
 from kdgen.errors import ConfigError, UserError
 from kdgen.folders import CONFIG_FILE, RESULTS_FILE, TRANSFER_DIR, Row
+from kdgen.settings import Settings
 
 # ITU-R BT.601 luma: what a grey version of an RGB image means in MNIST-like data.
 LUMA = (0.299, 0.587, 0.114)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ProbeData(DataConfig):
@@ -57,7 +55,7 @@ class ProbeData(DataConfig):
     train_per_class: int | None = Field(500, ge=1)
 
 
-class ProbeSettings(_Strict):
+class ProbeSettings(Settings):
     # Inverse L2 strength of the logistic regression, chosen on the probe's val split.
     c_values: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     max_iter: int = Field(1000, ge=10)
@@ -77,7 +75,7 @@ class ProbeSettings(_Strict):
         return value
 
 
-class TransferConfig(_Strict):
+class TransferConfig(Settings):
     """What ``kdgen transfer`` does; KEY=VALUE overrides set ``data.*`` and ``probe.*``."""
 
     data: ProbeData = ProbeData()

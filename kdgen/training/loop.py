@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from kdgen.config import TrainConfig
+from kdgen.training.settings import TrainConfig
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
 from kdgen.methods import GenerationLoss, Progress, Step

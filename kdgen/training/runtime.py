@@ -11,15 +11,13 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 
 from kdgen.errors import UserError
 from kdgen.training.parallel import OneProcess, ParallelMode
-
-if TYPE_CHECKING:  # the config imports kdgen.arms, which need no runtime: no cycle at run time
-    from kdgen.config import RuntimeConfig
+from kdgen.training.settings import RuntimeConfig
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above which bf16 convolutions run natively.
 _NATIVE_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
@@ -95,7 +93,7 @@ class Runtime:
     parallel: ParallelMode = field(default_factory=OneProcess)
 
     @classmethod
-    def from_config(cls, runtime_cfg: "RuntimeConfig", parallel: ParallelMode | None = None) -> "Runtime":
+    def from_config(cls, runtime_cfg: RuntimeConfig, parallel: ParallelMode | None = None) -> "Runtime":
         """From the config's ``runtime`` section (``auto`` device and precision resolved here).
 
         Under torchrun on GPUs, each process takes the GPU of its local rank (``parallel.device``).
