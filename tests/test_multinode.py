@@ -99,6 +99,16 @@ def stop_all(agents: list[subprocess.Popen]) -> None:
             kill_node(agent)
 
 
+def wait_for_a_finished_unit(records: Path, agents: list[subprocess.Popen]) -> None:
+    """Until the run folder holds one finished unit's record (the moment to lose a node mid-run)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not (records.is_dir() and any(p.suffix == ".json" and not p.name.startswith(".")
+                                        for p in records.iterdir())):
+        assert all(agent.poll() is None for agent in agents), "an agent ended before any unit was finished"
+        assert time.monotonic() < deadline, "no unit finished in time"
+        time.sleep(0.01)
+
+
 def two_nodes(*kdgen_args: str) -> None:
     agents = start_nodes(*kdgen_args)
     try:
@@ -158,12 +168,7 @@ def test_a_node_lost_mid_run_then_resume_gives_one_process_rows(tmp_path, refere
     agents = start_nodes("run", "--out", str(run), *TINY, "runtime.parallel=chains")
     try:
         records = run / "records"
-        deadline = time.monotonic() + TIMEOUT
-        while not (records.is_dir() and any(p.suffix == ".json" and not p.name.startswith(".")
-                                            for p in records.iterdir())):
-            assert all(agent.poll() is None for agent in agents), "an agent ended before any unit was finished"
-            assert time.monotonic() < deadline, "no unit finished in time"
-            time.sleep(0.01)
+        wait_for_a_finished_unit(records, agents)
         kill_node(agents[lost])
         survivor = agents[1 - lost]
         began = time.monotonic()
@@ -205,12 +210,7 @@ def test_a_frozen_node_ends_the_wait_after_the_lease(tmp_path):
     frozen: list[int] = []
     try:
         records = run / "records"
-        deadline = time.monotonic() + TIMEOUT
-        while not (records.is_dir() and any(p.suffix == ".json" and not p.name.startswith(".")
-                                            for p in records.iterdir())):
-            assert all(agent.poll() is None for agent in agents), "an agent ended before any unit was finished"
-            assert time.monotonic() < deadline, "no unit finished in time"
-            time.sleep(0.01)
+        wait_for_a_finished_unit(records, agents)
         frozen = freeze_node(agents[1])
         _, stderr = agents[0].communicate(timeout=120)
         assert agents[0].returncode != 0, stderr[-2000:]
