@@ -12,7 +12,6 @@ from kdgen import plugins
 from kdgen.data.base import AugmentSpec, DataBundle, SourceData, Split, make_bundle, select_classes
 from kdgen.data.settings import DataConfig
 
-
 _SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {}
 # Every module of this package registers its sources when imported; they are imported on first use of
 # the registry (with plug-ins' sources: kdgen.plugins), so `import kdgen` stays light and `names()` is complete.

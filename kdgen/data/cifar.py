@@ -21,8 +21,8 @@ import torch
 
 from kdgen.data import register
 from kdgen.data.base import AugmentSpec, SourceData, Split
-from kdgen.errors import DataError
 from kdgen.data.settings import DataConfig
+from kdgen.errors import DataError
 
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

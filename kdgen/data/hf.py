@@ -34,8 +34,8 @@ from PIL import Image
 
 from kdgen.data import register
 from kdgen.data.base import AugmentSpec, SourceData, Split
-from kdgen.errors import DataError
 from kdgen.data.settings import DataConfig
+from kdgen.errors import DataError
 
 
 # A Hub id: "name" or "owner/name" (letters, digits, "-", "_", "."), as the Hub allows them.

@@ -17,8 +17,8 @@ import torch
 
 from kdgen.data import register
 from kdgen.data.base import AugmentSpec, SourceData, Split
-from kdgen.errors import DataError
 from kdgen.data.settings import DataConfig
+from kdgen.errors import DataError
 
 
 GZIP_MAGIC = b"\x1f\x8b"

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from kdgen.data import register
 from kdgen.data.base import AugmentSpec, SourceData, Split, StreamingSplit
-from kdgen.errors import ConfigError, DataError
 from kdgen.data.settings import DataConfig
+from kdgen.errors import ConfigError, DataError
 
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})

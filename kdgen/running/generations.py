@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +39,17 @@ from kdgen.training.resume import EpochState
 from kdgen.training.runtime import Runtime
 
 ModelFactory = Callable[[], nn.Module]
+
+
+T = TypeVar("T")  # an item to schedule (a chain, or a chain's index)
+
+
+def waiting_last(items: list[T], waits: Callable[[T], bool]) -> Iterator[T]:
+    """``items`` in order, except that one whose ``waits(item)`` is true now (its next unit is claimed by another
+    process) is put off while another is ready: a process trains other chains meanwhile. Asked afresh before each."""
+    pending = list(items)
+    while pending:
+        yield pending.pop(next((i for i, item in enumerate(pending) if not waits(item)), 0))
 
 
 @dataclass(frozen=True)
@@ -236,11 +247,7 @@ class GenerationsRunner:
         bar = self.progress(chains) if own else bar
         rows: list[Row] = []
         try:
-            pending = list(chains)
-            while pending:
-                # A chain whose next unit another process is training goes last: train the others meanwhile.
-                index = next((i for i, (seed, arm) in enumerate(pending) if not self.waits_on_another(seed, arm)), 0)
-                seed, arm = pending.pop(index)
+            for seed, arm in waiting_last(chains, lambda chain: self.waits_on_another(*chain)):
                 rows.extend(self.run_arm(arm, seed, bar))
         finally:
             if self.claims is not None:

@@ -24,7 +24,7 @@ from kdgen.checkpoint import read_json, write_json
 from kdgen.data.base import DataBundle
 from kdgen.errors import UserError
 from kdgen.reporting.sweep_page import build_sweep_report
-from kdgen.running.generations import ChainModels, GenerationsRunner
+from kdgen.running.generations import ChainModels, GenerationsRunner, waiting_last
 from kdgen.running.run_folder import check_new_out_dir, make_out_dir
 from kdgen.running.runner import (ORIGIN_CLI, PreparedRun, finish_run, keep_partial, lost_peer, prepare_run,
                                   run_experiment, start_parallel, together)
@@ -133,12 +133,11 @@ def _run_spread(plan: SweepPlan, out: Path, cache: UnitCache, parallel: Parallel
     try:
         try:
             with _bar(todo, work, mine, parallel) as bar:  # type: ignore[arg-type]
-                pending = list(mine)
-                while pending:
-                    # A chain whose next unit another job is training goes last: train the others meanwhile.
-                    i = next((i for i in pending if not todo[work[i][0]].runner.waits_on_another(  # type: ignore[index]
-                        work[i][1], work[i][2])), pending[0])  # type: ignore[index]
-                    pending.remove(i)
+                def waits(i: int) -> bool:
+                    point, seed, arm, _ = work[i]  # type: ignore[index]
+                    return todo[point].runner.waits_on_another(seed, arm)
+
+                for i in waiting_last(mine, waits):
                     point, seed, arm, _ = work[i]  # type: ignore[index]
                     todo[point].runner.run_chains([(seed, arm)], bar)
             if not parallel.wait_for_all(lambda: stop is not None and stop.requested):
