@@ -52,8 +52,6 @@ def test_two_processes_sharing_a_cache_train_each_unit_once(tmp_path, alone):
     timings = [read_json(tmp_path / name / "timing.json") for name in ("a", "b")]
     assert sum(t["units_trained"] for t in timings) == UNITS, timings
     assert all(t["units_trained"] + t["units_reused"] == UNITS for t in timings), timings
-    # Started together, each finds the other training a chain and trains another meanwhile (not only waits).
-    assert all(t["units_trained"] >= 1 for t in timings), timings
     assert read_json(alone / "alone" / "timing.json")["units_trained"] == UNITS
     assert len(unit_folders(units)) == UNITS
     assert not list(units.glob("*.claim*")) and not list(units.glob("*.state.safetensors"))
@@ -79,6 +77,10 @@ def test_a_stale_claim_is_taken_over_after_the_lease(tmp_path, alone):
     assert rows(tmp_path / "run") == rows(alone / "alone")
     assert claim.parent.joinpath(claim.name[:-len(".claim")], "record.json").is_file()
     assert not list(units.glob("*.claim*"))
+    # Another chain first: the tolerant chain (not claimed) was trained while the baseline one waited on its claim.
+    finished = {p.name.split("-")[0] + p.name.split("-")[2]: (p / "record.json").stat().st_mtime_ns
+                for p in units.iterdir() if p.is_dir()}
+    assert finished["tolerantgen1"] < finished["baselinegen0"], finished
 
 
 def test_a_killed_claimer_is_taken_over_and_its_state_resumed(tmp_path, alone):
